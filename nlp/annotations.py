@@ -36,6 +36,7 @@ class Span:
     end: int
     label: str
     text: str
+    rid: str | None = field(default=None, compare=False, repr=False)  # Label Studio result id, kept on save
 
     def to_result(self, rid: str) -> dict:
         return {"id": rid, "type": "labels", "from_name": "label", "to_name": "text",
@@ -50,7 +51,15 @@ class Document:
     task_id: int | None = None
 
     def to_task(self, task_id: int) -> dict:
-        result = [s.to_result(f"{self.doc.split('_')[0]}-{i:04d}") for i, s in enumerate(sorted(self.spans))]
+        prefix = self.doc.split("_")[0]
+        taken = {s.rid for s in self.spans if s.rid}
+        result, n = [], 0
+        for s in sorted(self.spans):
+            rid = s.rid
+            while rid is None or (rid in taken and rid != s.rid):
+                rid, n = f"{prefix}-{n:04d}", n + 1
+            taken.add(rid)
+            result.append(s.to_result(rid))
         return {"id": task_id, "data": {"text": self.text, "doc": self.doc},
                 "annotations": [{"id": task_id, "result": result}]}
 
@@ -190,7 +199,8 @@ def _parse_result(item, text: str) -> tuple[Span | None, str | None]:
         return None, f"[{start}, {end}) text {stext!r} does not match data.text[{start}:{end}] = {text[start:end]!r}"
     if stext != stext.strip():
         return None, f"[{start}, {end}) {stext!r} starts or ends with whitespace"
-    return Span(start, end, labels[0], stext), None
+    rid = item.get("id")
+    return Span(start, end, labels[0], stext, str(rid) if rid is not None else None), None
 
 
 def validate_facts(path: Path, docs_by_name: dict[str, Document]) -> list[str]:
