@@ -55,6 +55,9 @@ class TrainConfig:
     """Evaluate on dev every N optimizer steps (0: once per epoch)."""
     early_stopping_patience: int = 5
     """Stop after this many evaluations without a better dev F1 (0: never stop early)."""
+    keep_best: bool = True
+    """Keep the model of the best dev evaluation (true) or of the last one (false). Cross-validation always
+    keeps the last: its dev document is its test document, and choosing on it would flatter the score."""
     save_every: int = 0
     """Write a resumable checkpoint every N optimizer steps (0: at every evaluation)."""
     mixed_precision: str = "auto"
