@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-SUPPORTED_SUFFIXES = (".txt", ".md")
+SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
 
 
 class ReadError(ValueError):
@@ -110,6 +110,99 @@ def read_text(path: str | Path) -> str:
     return decode_bytes(data, str(path))[0]
 
 
+def read_document(path: str | Path) -> str:
+    """Read any supported input to text: .txt/.md (any encoding), .html/.htm (visible text only) and .pdf
+    (text layer, tables row by row). Raises ReadError naming the file when it is empty, binary, of an
+    unsupported kind or (PDF) has no text layer."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ReadError(f"{path}: unsupported file type '{suffix or '(none)'}' (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    if suffix == ".pdf":
+        text = pdf_to_text(path)
+    elif suffix in (".html", ".htm"):
+        text = html_to_text(read_text(path))
+    else:
+        text = read_text(path)
+    if not text.strip():
+        raise ReadError(f"{path}: empty (no text{' layer: a scanned PDF?' if suffix == '.pdf' else ''})")
+    return text
+
+
+_BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "section", "article",
+               "header", "footer", "ul", "ol", "blockquote", "pre", "title", "dd", "dt"}
+_HIDDEN_TAGS = {"script", "style", "noscript", "template", "head", "svg", "iframe"}
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML page: scripts, styles and the head dropped, block elements on their own
+    lines, table cells separated by tabs (so a table reads row by row)."""
+    from html.parser import HTMLParser
+
+    class _Visible(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.parts: list[str] = []
+            self.hidden = 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in _HIDDEN_TAGS:
+                self.hidden += 1
+            elif tag in ("td", "th"):
+                self.parts.append("\t")
+            elif tag in _BLOCK_TAGS:
+                self.parts.append("\n")
+
+        def handle_endtag(self, tag):
+            if tag in _HIDDEN_TAGS:
+                self.hidden = max(0, self.hidden - 1)
+            elif tag in _BLOCK_TAGS:
+                self.parts.append("\n")
+
+        def handle_data(self, data):
+            if not self.hidden:
+                self.parts.append(re.sub(r"\s+", " ", data))
+
+    p = _Visible()
+    p.feed(html)
+    p.close()
+    lines = [re.sub(r"[ \t]*\t[ \t]*", "\t", ln).strip(" \t") for ln in "".join(p.parts).split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def pdf_to_text(path: Path) -> str:
+    """Text layer of a PDF (pdfplumber): page text, with each table's rows as tab-separated lines."""
+    import logging
+
+    logging.getLogger("pdfminer").setLevel(logging.ERROR)  # font-descriptor chatter on every CJK page
+    try:
+        import pdfplumber
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ReadError(f"{path}: reading PDF needs pdfplumber (pip install pdfplumber)") from e
+    try:
+        pages = []
+        with pdfplumber.open(path) as pdf:
+            for page in pdf.pages:
+                tables = page.find_tables()
+                body = page.filter(lambda o: not any(_inside(o, t.bbox) for t in tables)) if tables else page
+                parts = [body.extract_text() or ""]
+                for t in tables:
+                    rows = t.extract() or []
+                    parts.append("\n".join("\t".join((c or "").replace("\n", "") for c in row) for row in rows))
+                pages.append("\n".join(p for p in parts if p))
+    except ReadError:
+        raise
+    except Exception as e:  # pdfminer raises many kinds on broken files
+        raise ReadError(f"{path}: not a readable PDF ({type(e).__name__}: {e})") from e
+    return "\n\n".join(pages)
+
+
+def _inside(obj, bbox) -> bool:
+    x0, top, x1, bottom = bbox
+    return obj.get("x0", -1) >= x0 and obj.get("x1", 1e9) <= x1 and obj.get("top", -1) >= top and \
+        obj.get("bottom", 1e9) <= bottom
+
+
 # --------------------------------------------------------------------------------------------- normalizing
 
 @functools.lru_cache(maxsize=1)
@@ -133,12 +226,22 @@ def _is_cjk(ch: str) -> bool:
         or ch in "，。、；：？！“”‘’（）《》【】…—"
 
 
+# CJK radicals that PDF fonts hand out instead of the full character and that NFKC leaves alone
+# (the Kangxi radicals U+2F00.. do decompose under NFKC).
+_RADICALS = dict(zip("⻅⻆⻈⻉⻋⻐⻓⻔⻙⻚⻛⻜⻠⻢⻥⻦⻧⻨⻩⻪⻬⻮⻰⻳", "见角讠贝车钅长门韦页风飞饣马鱼鸟卤麦黄黾齐齿龙龟"))
+
+
 def _half_width(ch: str) -> str:
+    """Full-width ASCII -> ASCII; Kangxi radicals and compatibility ideographs (PDF text layers are full
+    of them: ⼿ for 手) -> the unified ideograph. One character in, one out: the map stays exact."""
     o = ord(ch)
     if 0xFF01 <= o <= 0xFF5E:
         return chr(o - 0xFEE0)
     if ch == "\u3000":
         return " "
+    if 0x2E80 <= o <= 0x2FDF or 0xF900 <= o <= 0xFAFF:
+        n = _RADICALS.get(ch) or unicodedata.normalize("NFKC", ch)
+        return n if len(n) == 1 else ch
     return ch
 
 
@@ -229,6 +332,3 @@ def normalize_char(ch: str) -> str:
     c = _t2s().convert(_half_width(ch))
     return c if len(c) == 1 else ch
 
-
-def nfkc_equal(a: str, b: str) -> bool:
-    return unicodedata.normalize("NFKC", a) == unicodedata.normalize("NFKC", b)

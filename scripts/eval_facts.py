@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Build facts from the GOLD spans of every seed and score them against the gold facts.
+"""Build facts from spans of every seed and score them against the gold facts.
 
-Prints fact-level precision/recall/F1 per document and overall, and each field's accuracy over the VALUE
-spans; `--errors` lists every field that differs (document, value span, value text, field, predicted, gold).
+Spans come from the GOLD annotations (the fact builder alone), from a model (`--model DIR`: end to end), or
+from the cross-validation folds of `nlp cv` (`--cv DIR`: each document through the model that did not train
+on it, DIR/<doc stem>/). Prints fact-level precision/recall/F1 per document and overall, and each field's
+accuracy over the VALUE spans; `--errors` lists every field that differs.
 
-    .venv/bin/python scripts/eval_facts.py [--errors] [--gold annotations/gold] [--facts annotations/facts]
+    .venv/bin/python scripts/eval_facts.py [--errors] [--model DIR | --cv DIR] [--docs NAME ...]
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from nlp.annotations import load_corpus  # noqa: E402
 from nlp.facts import SCORED_FIELDS, build_facts, fact_errors, reporting_period, score_facts  # noqa: E402
 
 
-def evaluate(gold_dir: Path, facts_dir: Path) -> tuple[dict, list[dict]]:
-    docs = {d.doc: d for d in load_corpus(gold_dir)}
+def evaluate(gold_dir: Path, facts_dir: Path, spans_of=None, only=None) -> tuple[dict, list[dict]]:
+    """`spans_of(doc) -> spans` (default: the gold spans); `only`: document names to score."""
+    docs = {d.doc: d for d in load_corpus(gold_dir) if not only or d.doc in only}
+    spans_of = spans_of or (lambda d: d.spans)
     rows = []
     all_pred, all_gold = [], []
     for path in sorted(facts_dir.glob("*.json")):
@@ -30,13 +34,14 @@ def evaluate(gold_dir: Path, facts_dir: Path) -> tuple[dict, list[dict]]:
         doc = docs.get(obj["doc"])
         if doc is None:
             continue
-        pred = build_facts(doc.text, doc.spans)
+        spans = spans_of(doc)
+        pred = build_facts(doc.text, spans)
         gold = obj["facts"]
         # keys are made unique per document for the overall score
         all_pred += [{**f.to_dict(), "value_span": [obj["doc"], *f.value_span]} for f in pred]
         all_gold += [{**g, "value_span": [obj["doc"], *g["value_span"]]} for g in gold]
         rows.append({"doc": obj["doc"], "score": score_facts(pred, gold),
-                     "rp": reporting_period(doc.text, doc.spans), "gold_rp": obj.get("reporting_period"),
+                     "rp": reporting_period(doc.text, spans), "gold_rp": obj.get("reporting_period"),
                      "errors": fact_errors(pred, gold)})
     return score_facts(all_pred, all_gold), rows
 
@@ -46,8 +51,26 @@ def main(argv=None) -> int:
     ap.add_argument("--gold", default=str(ROOT / "annotations" / "gold"))
     ap.add_argument("--facts", default=str(ROOT / "annotations" / "facts"))
     ap.add_argument("--errors", action="store_true", help="list every mismatching field")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--model", help="predict spans with this model directory (end to end)")
+    src.add_argument("--cv", help="an `nlp cv` output folder: each document through its held-out fold's model")
+    ap.add_argument("--docs", nargs="*", help="only these documents")
     args = ap.parse_args(argv)
-    overall, rows = evaluate(Path(args.gold), Path(args.facts))
+    spans_of = None
+    if args.model or args.cv:
+        from nlp.infer import load
+
+        cache: dict = {}
+
+        def spans_of(doc):
+            where = Path(args.model) if args.model else Path(args.cv) / Path(doc.doc).stem
+            if where not in cache:
+                cache.clear()
+                cache[where] = load(where, facts=False)
+            return cache[where].spans([doc.text])[0]
+
+    overall, rows = evaluate(Path(args.gold), Path(args.facts), spans_of, set(args.docs or []))
+    print(f"spans from: {'model ' + args.model if args.model else 'cv folds in ' + args.cv if args.cv else 'gold'}")
     head = f"{'document':<28}{'rp':>8}{'gold rp':>9}{'facts':>7}{'P':>8}{'R':>8}{'F1':>8}"
     print(head)
     for r in rows:

@@ -5,7 +5,7 @@ import pytest
 from nlp.annotations import load_corpus
 from nlp.reader import ReadError, normalize, normalize_char, read_text
 
-from conftest import GOLD
+from conftest import GOLD, chromium
 
 SIMPLIFIED = "快手科技发布2024年第二季度业绩，总营收同比增长11.6%至约310亿元，经调整净利润同比增长73.7%达46.8亿元左右。"
 TRADITIONAL = "快手三季度營收311億元，電商GMV達3342億元，經調整淨利潤39億元，同比增長24.4%。"
@@ -56,6 +56,11 @@ def test_normalized_view():
         assert normalize_char(n.original[n.to_orig[j]]) == ch
 
 
+def test_pdf_radicals_become_ideographs():
+    n = normalize("快⼿⼆季度营收同⽐增⻓")  # radicals as PDF text layers give them
+    assert n.text == "快手二季度营收同比增长"
+
+
 def test_spaces_between_latin_words_are_kept():
     n = normalize("外循环营销产品 Universal Auto X (UAX)在各行业")
     assert "Universal Auto X (UAX)" in n.text
@@ -101,3 +106,44 @@ def test_traditional_seed_becomes_simplified(seed_paths):
     n = normalize(read_text(seed_paths[1]))
     assert "营收311亿元" in n.text and "经调整净利润39亿元" in n.text
     assert "(fā)" not in n.text and "發" not in n.text
+
+
+def test_html_visible_text_only(tmp_path):
+    from nlp.reader import read_document
+
+    p = tmp_path / "news.html"
+    p.write_bytes("<html><head><title>t</title><style>p{color:red}</style><script>var a='营收1亿元';</script>"
+                  "</head><body><p>快手三季度营收311亿元</p><table><tr><th>指标</th><th>数值</th></tr>"
+                  "<tr><td>电商GMV</td><td>3342亿元</td></tr></table></body></html>".encode("gbk"))
+    text = read_document(p)
+    assert "快手三季度营收311亿元" in text and "电商GMV\t3342亿元" in text
+    assert "营收1亿元" not in text and "color" not in text
+
+
+def test_pdf_text_layer_with_table_and_scanned_pdf(tmp_path):
+    from nlp.reader import read_document
+
+    page = tmp_path / "filing.html"
+    page.write_text("<html><body><p>快手科技2024年第三季度业绩：总营收311亿元，同比增长11.4%。</p>"
+                    "<table border=1><tr><th>指标</th><th>2024年第三季度</th></tr>"
+                    "<tr><td>经调整净利润</td><td>39亿元</td></tr>"
+                    "<tr><td>电商GMV</td><td>3342亿元</td></tr></table></body></html>", encoding="utf-8")
+    pdf = tmp_path / "filing.pdf"
+    chromium(page, f"--print-to-pdf={pdf}", "--no-pdf-header-footer")
+    n = normalize(read_document(pdf))
+    flat = "".join(n.text.split())
+    assert "总营收311亿元,同比增长11.4%" in flat
+    rows = [line for line in n.text.splitlines() if "\t" in line]
+    assert any(r.replace(" ", "").startswith("电商GMV\t3342亿元") for r in rows), rows  # a table row per line
+    scan = tmp_path / "scan.html"
+    scan.write_text("<html><body><svg width='400' height='200'><rect width='400' height='200' fill='gray'/>"
+                    "</svg></body></html>", encoding="utf-8")
+    scanned = tmp_path / "scan.pdf"
+    chromium(scan, f"--print-to-pdf={scanned}", "--no-pdf-header-footer")
+    with pytest.raises(ReadError, match="scan.pdf: empty.*scanned PDF"):
+        read_document(scanned)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    with pytest.raises(ReadError, match="broken.pdf"):
+        read_document(tmp_path / "broken.pdf")
+    with pytest.raises(ReadError, match="unsupported file type '.docx'"):
+        read_document(tmp_path / "x.docx")

@@ -1,0 +1,122 @@
+"""Inference on real seed text with the smoke-trained model: spans at original offsets, the Python API
+(twice, in threads, pipe), and `nlp extract` on files, directories, standard input and bad files."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from nlp import load
+from nlp.align import decode, predict_documents
+from nlp.cli import main
+from nlp.infer import latest_run
+from nlp.reader import read_text
+
+from conftest import ROOT, SEEDS
+
+SEED0 = SEEDS / "000_bf5218bb65c99514.txt"
+SEED1 = SEEDS / "001_3b8c966c9b7f5990.txt"
+
+
+@pytest.fixture(scope="module")
+def extractor(smoke_run):
+    return load(smoke_run[1])
+
+
+def _check_spans(doc):
+    for s in doc.spans:
+        assert 0 <= s.start < s.end <= len(doc.text)
+        assert doc.text[s.start:s.end] == s.text and s.text == s.text.strip()
+        assert s.label in ("ENTITY", "METRIC", "VALUE", "PERIOD") and 0.0 < s.score <= 1.0
+    values = {(s.start, s.end) for s in doc.spans if s.label == "VALUE"}
+    for f in doc.facts:
+        assert tuple(f.value_span) in values
+        a, b = f.evidence["sentence_span"]
+        assert doc.text[a:b] == f.evidence["sentence"]
+
+
+def test_spans_are_at_original_offsets_of_a_traditional_text(extractor):
+    text = read_text(SEED1)  # Traditional characters, pinyin noise: the model reads the normalized view
+    doc = extractor(text, doc=SEED1.name)
+    assert doc.doc == SEED1.name and doc.text == text
+    _check_spans(doc)
+    d = doc.to_dict()
+    assert set(d) == {"doc", "spans", "facts"}
+    json.dumps(d, ensure_ascii=False)
+
+
+def test_long_document_is_windowed_and_matches_the_evaluation_path(extractor, smoke_run):
+    text = read_text(SEEDS / "003_9ce4267ae1db9f51.txt") * 3  # ~35k characters, hundreds of windows
+    doc = extractor(text)
+    _check_spans(doc)
+    (enc, logits), = predict_documents(extractor.model, extractor.tokenizer, [text], extractor.max_length,
+                                       extractor.stride, 8)
+    assert len(enc.ids) > 20 * extractor.max_length
+    assert [(s.start, s.end, s.label) for s in decode(enc, logits, extractor.id2tag)] == \
+        [(s.start, s.end, s.label) for s in doc.spans]
+
+
+def test_pipe_threads_and_loading_twice_agree(extractor, smoke_run):
+    texts = [read_text(p) for p in sorted(SEEDS.glob("*.txt"))]
+    one_by_one = [extractor(t).to_dict() for t in texts]
+    assert [d.to_dict() for d in extractor.pipe(texts, batch_size=2)] == one_by_one
+    second = load(smoke_run[1])
+    results = [None] * len(texts)
+
+    def work(i):
+        results[i] = (second if i % 2 else extractor)(texts[i]).to_dict()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == one_by_one
+
+
+def test_extract_cli_json_per_file_and_bad_inputs(smoke_run, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_bytes(read_text(SEED0).encode("gbk"))
+    (inputs / "b.md").write_text(read_text(SEED1), encoding="utf-8")
+    (inputs / "empty.txt").write_bytes(b"")
+    (inputs / "binary.txt").write_bytes(b"\x00\x01" * 100)
+    (inputs / "page.html").write_text("<html><head><script>var x=1;</script></head><body><p>快手三季度营收311亿元，"
+                                      "同比增长11.4%。</p></body></html>", encoding="utf-8")
+    out = tmp_path / "out"
+    rc = main(["extract", str(inputs), "--model", str(smoke_run[1]), "--format", "json", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1  # two inputs failed
+    assert "empty.txt: empty" in err and "binary.txt: looks binary" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "page.json"]
+    a = json.loads((out / "a.json").read_text(encoding="utf-8"))
+    assert a["doc"] == "a.txt" and set(a) == {"doc", "spans", "facts"}
+    text = read_text(SEED0)
+    for s in a["spans"]:
+        assert text[s["start"]:s["end"]] == s["text"]
+    page = json.loads((out / "page.json").read_text(encoding="utf-8"))
+    assert page["doc"] == "page.html"
+
+
+def test_extract_cli_formats_and_stdin(smoke_run, tmp_path):
+    model = str(smoke_run[1])
+    cmd = [sys.executable, "-m", "nlp", "extract", "-", "--model", model, "--format", "jsonl", "--quiet"]
+    res = subprocess.run(cmd, input=read_text(SEED0).encode("utf-8"), capture_output=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr.decode()
+    rows = [json.loads(line) for line in res.stdout.decode().splitlines()]
+    assert len(rows) == 1 and rows[0]["doc"] == "stdin"
+    out = tmp_path / "facts.csv"
+    assert main(["extract", str(SEED0), str(SEED1), "--model", model, "--format", "csv", "--out", str(out),
+                 "--quiet"]) == 0
+    table = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert table == [] or set(table[0]) >= {"doc", "entity", "metric", "period", "value", "unit", "value_start"}
+
+
+def test_latest_run_and_missing_model(tmp_path, smoke_run):
+    with pytest.raises(FileNotFoundError, match="no trained model under"):
+        latest_run(tmp_path)
+    assert latest_run(smoke_run[1].parent) == smoke_run[1]
