@@ -288,7 +288,7 @@ class Prediction:
         return out
 
 
-def predict(model_dir: str | Path, texts: list[str], max_length: int = 256, stride: int = 64,
+def predict(model_dir: str | Path, texts: list[str], max_length: int | None = None, stride: int | None = None,
             batch_size: int = 16) -> list[Prediction]:
     """Spans (original offsets, with scores) of a saved token-classification model, and each text's score:
     the mean span score, or the mean predicted-tag probability over all tokens when no span is predicted."""
@@ -296,8 +296,12 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int = 256, stri
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from .align import decode, predict_documents
+    from .infer import run_settings
 
     model_dir = check_model_dir(model_dir)
+    settings = run_settings(Path(model_dir))  # the window the model was trained with, unless given
+    max_length = max_length or settings["max_length"]
+    stride = settings["stride"] if stride is None else stride
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     id2tag = {int(k): v for k, v in model.config.id2label.items()}
@@ -488,7 +492,7 @@ def check_model_dir(model: str | Path) -> Path:
 
 
 def push(server: Server, paths: list[str | Path], title: str, model: str | Path | None = None,
-         annotations: bool | None = None, max_length: int = 256, stride: int = 64,
+         annotations: bool | None = None, max_length: int | None = None, stride: int | None = None,
          batch_size: int = 16, collected: tuple[list[PushItem], list[str]] | None = None) -> PushReport:
     """Import the documents of `paths` (or the `collected` ones) into the project `title`; see the module doc."""
     items, notes = collected if collected is not None else collect_documents(paths, annotations)
@@ -865,8 +869,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="push the spans of store files as annotations (default: only for files in a 'gold' folder)")
     g.add_argument("--no-annotations", dest="annotations", action="store_false",
                    help="push the text only, even from gold store files")
-    p.add_argument("--max-length", type=int, default=256, help="model window length in tokens (with --model)")
-    p.add_argument("--stride", type=int, default=64, help="tokens shared by neighbouring windows (with --model)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="model window length in tokens (with --model; default: the model's training config)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens shared by neighbouring windows (with --model; default: the model's training config)")
     p.add_argument("--batch-size", type=int, default=16)
     conn(p)
     p.set_defaults(func=cmd_push)

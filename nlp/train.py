@@ -298,6 +298,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 if tc.early_stopping_patience and state["bad_evals"] >= tc.early_stopping_patience:
                     bar.write(f"early stopping: no better dev F1 in {state['bad_evals']} evaluations")
                     stop = True
+                stop = _on_all(accelerator, stop)
             if state["step"] % save_every == 0 and not stop and state["step"] < total_steps:
                 _checkpoint(accelerator, ckpt, state)
             if stop or state["step"] >= total_steps:
@@ -307,9 +308,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             state["batch_in_epoch"] = 0
     bar.close()
     train_seconds = time.time() - t_train
-    accelerator.wait_for_everyone()
+    _checkpoint(accelerator, ckpt, state)
     if main:
-        _checkpoint(accelerator, ckpt, state)
         write_curves(state["history"], out_dir / "curves.png")
     result = TrainResult(out_dir=out_dir, best_f1=state["best_f1"], best_step=state["best_step"],
                          steps=state["step"], seconds=time.time() - t0,
@@ -328,20 +328,35 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
 
 def _checkpoint(accelerator, ckpt: Path, state: dict) -> None:
-    """Resumable checkpoint: accelerate's state (model, optimizer, scheduler, RNG) + our counters, written
-    into a temporary folder and swapped in, so a kill never leaves a broken checkpoint."""
-    if not accelerator.is_main_process:
-        return
+    """Resumable checkpoint: accelerate's state (model, optimizer, scheduler, every process's RNG) + our
+    counters, written into a temporary folder and swapped in, so a kill never leaves a broken checkpoint.
+    Called on every process (each saves its own RNG state); the main one swaps the folders."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    (tmp / STATE_FILE).write_text(json.dumps(state))
-    old = ckpt.with_name(ckpt.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state))
+        old = ckpt.with_name(ckpt.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _on_all(accelerator, value):
+    """The main process's value, on every process (evaluation and early stopping happen on the main one)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def write_curves(history: list[dict], path: Path) -> None:

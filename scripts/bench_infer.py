@@ -1,0 +1,114 @@
+"""Inference throughput: `nlp` end to end against transformers' token-classification pipeline.
+
+    .venv/bin/python scripts/bench_infer.py --model runs/main [--repeat 3] [--threads 2] [--batch-sizes 1 8 64]
+
+Texts: the five seed articles (their original text). Measured, best of --repeat runs:
+- nlp end to end: reading is excluded (texts in memory), everything else included: normalization,
+  tokenization, windows, batched forward passes, merging, decoding to original offsets and fact building;
+- nlp spans only (no facts);
+- transformers.pipeline("token-classification", aggregation_strategy="simple", stride=...) on the same
+  model and the same (normalized) texts, with the same window length and stride; its spans are compared
+  with ours (normalized offsets and label) and the share of identical spans is printed;
+- the bare forward pass over the same windows (the floor for any implementation).
+Peak memory (max RSS of this process) is printed at the end. With a GPU, --batch-sizes gives chars/s per
+batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[16], help="windows per forward pass")
+    ap.add_argument("--copies", type=int, default=1, help="repeat the corpus N times (GPU: more work)")
+    ap.add_argument("--no-pipeline", action="store_true", help="skip the transformers pipeline comparison")
+    ap.add_argument("--int8", action="store_true", help="CPU: dynamic int8 quantization of the linear layers")
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    from nlp.align import encode, make_windows, predict_logits
+    from nlp.infer import load
+    from nlp.reader import normalize, read_text
+
+    hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    texts = [read_text(p) for p in sorted((ROOT / "seeds").glob("*.txt"))] * args.copies
+    n_chars = sum(len(t) for t in texts)
+    ex = load(args.model, int8=args.int8)
+    print(f"model {args.model}; device {ex.device}; torch threads {torch.get_num_threads()}; "
+          f"{len(texts)} texts, {n_chars} characters; windows of {ex.max_length} tokens, stride {ex.stride}"
+          f"{'; int8' if args.int8 else ''}")
+    ex.spans(texts[:1])  # warm-up
+    for bs in args.batch_sizes:
+        ex.batch_size = bs
+        t_full, docs = best_of(lambda: list(ex.pipe(texts, batch_size=len(texts))), args.repeat)
+        t_spans, spans = best_of(lambda: ex.spans(texts), args.repeat)
+        print(f"batch {bs:>3}: nlp end to end {n_chars / t_full:10.0f} chars/s ({t_full:.2f} s, "
+              f"{sum(len(d.facts) for d in docs)} facts) | spans only {n_chars / t_spans:10.0f} chars/s")
+
+    encs = [encode(ex.tokenizer, t) for t in texts]
+    windows = [w for e in encs for w in make_windows(ex.tokenizer, e, ex.max_length, ex.stride)]
+    t_fwd, _ = best_of(lambda: predict_logits(ex.model, windows, ex.batch_size, ex.tokenizer.pad_token_id,
+                                              ex.device), args.repeat)
+    n_tok = sum(len(w.input_ids) for w in windows)
+    print(f"bare forward pass: {n_chars / t_fwd:10.0f} chars/s, {n_tok / t_fwd:10.0f} tokens/s "
+          f"({len(windows)} windows, {n_tok} tokens incl. overlap and specials)")
+
+    if not args.no_pipeline:
+        norm = [normalize(t) for t in texts]
+        tok = ex.tokenizer
+        tok.model_max_length = ex.max_length
+        pipe = pipeline("token-classification", model=ex.model, tokenizer=tok, aggregation_strategy="simple",
+                        stride=ex.stride, device=ex.device)
+        t_pipe, out = best_of(lambda: [pipe(n.text) for n in norm], args.repeat)
+        ours = []
+        for n, sp in zip(norm, spans):
+            ours.append({(*n.span_to_normalized(s.start, s.end), s.label) for s in sp})
+        theirs = [{(int(e["start"]), int(e["end"]), e["entity_group"]) for e in o} for o in out]
+        # the pipeline's offsets may include a leading space of a "▁" token: strip like ours
+        fixed = []
+        for n, th in zip(norm, theirs):
+            f = set()
+            for s, e, lab in th:
+                while s < e and n.text[s].isspace():
+                    s += 1
+                while e > s and n.text[e - 1].isspace():
+                    e -= 1
+                f.add((s, e, lab))
+            fixed.append(f)
+        same = sum(len(a & b) for a, b in zip(ours, fixed))
+        total = sum(len(a | b) for a, b in zip(ours, fixed))
+        print(f"transformers pipeline: {n_chars / t_pipe:10.0f} chars/s ({t_pipe:.2f} s); nlp spans only is "
+              f"{t_pipe / t_spans:.2f}x, end to end {t_pipe / t_full:.2f}x faster; identical spans "
+              f"{same}/{total} ({100 * same / max(total, 1):.1f}%)")
+    print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
