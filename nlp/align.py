@@ -58,6 +58,8 @@ def window_starts(n_tokens: int, body: int, stride: int) -> list[int]:
 def make_windows(tokenizer, encoded: Encoded, max_length: int, stride: int, doc_index: int = 0,
                  token_tags: list[int] | None = None) -> list[Window]:
     body = max_length - 2
+    if body < 1 or not 0 <= stride < body:
+        raise ValueError(f"windows of max_length {max_length} need 0 <= stride < {body} (got stride {stride})")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     out = []
     for s in window_starts(len(encoded.ids), body, stride):

@@ -70,12 +70,14 @@ def _new_run_dir(base: str, name: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import clear_run_outputs, train
 
     cfg, path = _load_cfg(args)
     out = Path(args.out) if args.out else _new_run_dir(cfg.output_dir, Path(path).stem if path else "defaults")
     if out.exists() and any(out.iterdir()) and not args.resume and not args.force:
         return _fail(f"{out} exists and is not empty: pass --resume to continue its run or --force to overwrite")
+    if args.force and not args.resume:
+        clear_run_outputs(out)
     print(f"run directory: {out}")
     res = train(cfg, out, resume=args.resume, progress=not args.quiet)
     print(f"done in {res.seconds:.0f} s: best dev F1 {res.best_f1:.3f} at step {res.best_step}; "
@@ -106,12 +108,15 @@ def cmd_evaluate(args) -> int:
         return _fail(f"{model_dir}: not a model directory (no config.json)")
     docs = load_corpus(args.data)
     if args.docs:
+        missing = sorted(set(args.docs) - {d.doc for d in docs})
+        if missing:
+            return _fail(f"{', '.join(missing)}: not in {', '.join(args.data)}")
         docs = [d for d in docs if d.doc in set(args.docs)]
-        if not docs:
-            return _fail(f"none of {', '.join(args.docs)} is in {', '.join(args.data)}")
+    if not docs:
+        return _fail(f"no documents in {', '.join(args.data)}")
     from transformers.utils import logging as hf_logging
 
-    from .infer import run_settings
+    from .config import run_settings
 
     hf_logging.set_verbosity_error()
     settings = run_settings(model_dir)  # the windows the model was trained with, unless overridden
@@ -161,9 +166,18 @@ def cmd_extract(args) -> int:
     if not inputs:
         return _fail("no input files")
     out = Path(args.out) if args.out else None
-    per_file = out is not None and (out.is_dir() or len(inputs) > 1 or args.out.endswith(("/", "\\")))
-    if per_file and args.format in ("jsonl", "csv"):
-        per_file = False  # one combined file
+    to_dir = out is not None and (out.is_dir() or args.out.endswith(("/", "\\")) or
+                                  (len(inputs) > 1 and args.format in ("json", "html")))
+    per_file = to_dir and args.format in ("json", "html")
+    if to_dir and not per_file:  # jsonl / csv: one combined file inside the folder
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / f"extract.{args.format}"
+    if per_file:
+        stems = [Path(p).stem for p in inputs if p != "-"]
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        if dup:
+            return _fail(f"several inputs would write {', '.join(s + '.' + args.format for s in dup)} in {out}: "
+                         f"extract them into different --out folders")
     if per_file:
         out.mkdir(parents=True, exist_ok=True)
     print(f"model: {model_dir}", file=sys.stderr)
@@ -331,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args) or 0
-    except (ConfigError, AnnotationError, ReadError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, AnnotationError, ReadError, OSError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

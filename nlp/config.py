@@ -212,3 +212,18 @@ def to_dict(cfg: RunConfig) -> dict:
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False)
+
+
+def run_settings(model_dir: Path) -> dict:
+    """Window settings the model was trained with (from the run's config.yaml), else defaults."""
+    out = {"max_length": 256, "stride": 64}
+    cfg = Path(model_dir) / "config.yaml"
+    if cfg.is_file():
+        try:
+            data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{cfg}: unreadable run config ({e})") from e
+        data = data.get("data", {}) if isinstance(data, dict) else {}
+        if isinstance(data, dict):
+            out.update({k: int(data[k]) for k in ("max_length", "stride") if isinstance(data.get(k), int)})
+    return out

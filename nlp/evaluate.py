@@ -98,6 +98,8 @@ class Evaluation:
 def evaluate_model(model, tokenizer, docs: list[Document], max_length: int, stride: int,
                    batch_size: int = 16) -> Evaluation:
     """Predict every document (windows merged) and score it against its gold spans."""
+    if not docs:
+        raise ValueError("no documents to evaluate")
     id2tag = {int(k): v for k, v in model.config.id2label.items()}
     results = predict_documents(model, tokenizer, [d.text for d in docs], max_length, stride, batch_size)
     gold_tags, pred_tags, gold_spans, pred_spans = [], [], [], []

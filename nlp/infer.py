@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .align import PredictedSpan, decode, predict_documents
+from .config import run_settings
 
 
 @dataclass
@@ -31,18 +32,6 @@ class ExtractedDoc:
         return {"doc": self.doc,
                 "spans": [{**asdict(s), "score": round(s.score, 4)} for s in self.spans],
                 "facts": [f.to_dict() for f in self.facts]}
-
-
-def run_settings(model_dir: Path) -> dict:
-    """Window settings the model was trained with (from the run's config.yaml), else defaults."""
-    import yaml
-
-    out = {"max_length": 256, "stride": 64}
-    cfg = model_dir / "config.yaml"
-    if cfg.is_file():
-        data = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("data", {})
-        out.update({k: data[k] for k in ("max_length", "stride") if k in data})
-    return out
 
 
 class Extractor:
@@ -105,6 +94,10 @@ class Extractor:
 
     def pipe(self, texts: Iterable[str], batch_size: int = 32, docs: Iterable[str] | None = None) -> Iterator[ExtractedDoc]:
         """Extract from many documents, `batch_size` documents at a time (their windows batched together)."""
+        if docs is not None:
+            texts, docs = list(texts), list(docs)
+            if len(texts) != len(docs):
+                raise ValueError(f"pipe: {len(texts)} texts but {len(docs)} document names")
         names = iter(docs) if docs is not None else None
         buf: list[str] = []
         for t in texts:
@@ -129,7 +122,8 @@ def latest_run(runs_dir: str | Path = "runs") -> Path:
     """The most recently written model directory under `runs_dir` (clear error when there is none)."""
     runs = Path(runs_dir)
     found = [p.parent for p in runs.glob("**/model.safetensors")
-             if (p.parent / "config.json").is_file() and "checkpoint" not in p.parent.name] if runs.is_dir() else []
+             if (p.parent / "config.json").is_file() and "checkpoint" not in p.parent.name
+             and not p.parent.name.startswith(".")] if runs.is_dir() else []
     if not found:
         raise FileNotFoundError(f"no trained model under {runs}/: train one with `nlp train` or pass --model DIR")
     return max(found, key=lambda p: (p / "model.safetensors").stat().st_mtime)

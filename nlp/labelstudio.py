@@ -80,7 +80,7 @@ from xml.sax.saxutils import quoteattr
 
 from .annotations import LABELS, AnnotationError, Document, Span, _parse_result, load_corpus, load_documents, \
     save_documents, atomic_write_text
-from .reader import SUPPORTED_SUFFIXES, ReadError, read_text
+from .reader import SUPPORTED_SUFFIXES, ReadError, read_document
 
 DEFAULT_URL = "http://localhost:8080"
 FROM_NAME = "label"
@@ -252,7 +252,7 @@ def collect_documents(paths: list[str | Path], annotations: bool | None) -> tupl
                 if annotations is None and not with_ann and any(d.doc.spans for d in found):
                     notes.append(f"{f}: pushing the text only (--annotations pushes its spans too)")
             else:
-                found = [PushItem(Document(doc=f.name, text=read_text(f)), f)]
+                found = [PushItem(Document(doc=f.name, text=read_document(f)), f)]
                 if annotations:
                     notes.append(f"{f}: a text file has no annotation to push")
             for it in found:
@@ -296,7 +296,7 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int | None = No
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from .align import decode, predict_documents
-    from .infer import run_settings
+    from .config import run_settings
 
     model_dir = check_model_dir(model_dir)
     settings = run_settings(Path(model_dir))  # the window the model was trained with, unless given
@@ -690,7 +690,7 @@ def write_store(path: str | Path, docs: list[Document]) -> None:
     """save_documents into a temporary file next to `path`, load_documents on it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_documents(tmp, docs)

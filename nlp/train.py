@@ -198,8 +198,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     # (that would shift the dropout masks of a resumed run against the uninterrupted one).
     loader = DataLoader(ds, batch_size=tc.batch_size, sampler=sampler, collate_fn=_collate(tokenizer.pad_token_id),
                         generator=torch.Generator().manual_seed(cfg.seed))
-    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
-    total_steps = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(tc.epochs * steps_per_epoch))
 
     head = [p for n, p in model.named_parameters() if n.startswith("classifier") and p.requires_grad]
     body = [(n, p) for n, p in model.named_parameters() if not n.startswith("classifier") and p.requires_grad]
@@ -209,8 +207,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         {"params": [p for n, p in body if no_decay(n)], "lr": tc.lr, "weight_decay": 0.0},
         {"params": head, "lr": tc.head_lr, "weight_decay": 0.0},
     ])
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # Counted on the prepared (per-process) loader; accelerate steps a prepared scheduler once per process,
+    # hence the factor (as in the Hugging Face examples).
+    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
+    total_steps = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(tc.epochs * steps_per_epoch))
+    n = accelerator.num_processes
+    scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
+        optimizer, int(tc.warmup_ratio * total_steps) * n, total_steps * n))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=tc.label_smoothing)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_f1": -1.0, "best_step": 0, "bad_evals": 0,
@@ -219,6 +223,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if resume:
         if not (ckpt / STATE_FILE).is_file():
             raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from ({ckpt / STATE_FILE} missing)")
+        saved = out_dir / "config.yaml"
+        if saved.is_file() and saved.read_text(encoding="utf-8") != dump_config(cfg):
+            raise ValueError(f"{out_dir}: --resume with a config that differs from the run's {saved}: resume with "
+                             f"the same config and --set options (or train into a new --out)")
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
         log(f"resuming from step {state['step']} (epoch {state['epoch']}, best dev F1 {state['best_f1']:.3f})")
@@ -231,8 +239,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     eval_every = tc.eval_every or steps_per_epoch
     save_every = tc.save_every or eval_every
     metrics_path = out_dir / "metrics.jsonl"
-    if not resume and metrics_path.exists():
-        metrics_path.unlink()
+    if main:  # on resume: exactly the evaluations the checkpoint knows (a kill may have left one more line)
+        atomic_write_text(metrics_path, "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in state["history"]))
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and main), desc="training",
                unit="step", dynamic_ncols=True)
     running, n_running, samples = 0.0, 0, 0
@@ -325,6 +333,18 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             "mixed_precision": accelerator.mixed_precision})
         write_model_card(cfg, out_dir, train_docs, dev_docs, result)
     return result
+
+
+RUN_OUTPUTS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "config.yaml", "metrics.jsonl", "curves.png", "eval.json", "eval.md",
+               "predictions.json", "train_summary.json", "README.md")
+
+
+def clear_run_outputs(out_dir: Path) -> None:
+    """Remove what an earlier run wrote into `out_dir` (for --force), so no stale report survives."""
+    for name in RUN_OUTPUTS:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(out_dir) / CKPT_DIR, ignore_errors=True)
 
 
 def _checkpoint(accelerator, ckpt: Path, state: dict) -> None:

@@ -41,7 +41,7 @@ def render_html(doc, title: str | None = None) -> str:
         parts.append(html.escape(text[pos:s.start]))
         idx = fact_of.get((s.start, s.end))
         anchor = f' id="v{idx}"' if idx is not None else ""
-        parts.append(f'<mark class="{s.label}"{anchor} style="background:{COLOURS.get(s.label, "#eee")}" '
+        parts.append(f'<mark class="{html.escape(s.label)}"{anchor} style="background:{COLOURS.get(s.label, "#eee")}" '
                      f'title="{s.label} {s.score:.2f}">{html.escape(text[s.start:s.end])}<sub>{s.label}</sub></mark>')
         pos = s.end
     parts.append(html.escape(text[pos:]))

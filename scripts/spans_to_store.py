@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     items = json.loads(args.spans.read_text(encoding="utf-8"))
     spans = [Span(int(s["start"]), int(s["end"]), s["label"], s["text"]) for s in items]
     task_id = args.task_id if args.task_id is not None else int(args.doc.split("_")[0]) + 1
-    tmp = args.out.with_suffix(".check.json")
+    tmp = args.out.with_suffix(".check.tmp")
     save_documents(tmp, [Document(doc=args.doc, text=text, spans=spans, task_id=task_id)])
     try:
         load_documents(tmp, args.seeds)
