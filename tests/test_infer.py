@@ -51,18 +51,22 @@ def test_spans_are_at_original_offsets_of_a_traditional_text(extractor):
 
 
 def test_long_document_is_windowed(extractor):
-    """A document of hundreds of windows gives, for each copy of a repeated text, the same spans as the
-    text alone, away from the seams (windows are merged per token, not per window)."""
+    """Three copies of a transcript in one document (hundreds of windows): the first copy, whose windows
+    coincide with those of the transcript alone, gets exactly its spans; every copy gets about as many values
+    (nothing is lost at window seams or far from the start)."""
     one = read_text(SEEDS / "003_9ce4267ae1db9f51.txt")
     sep = "\n\n"
     doc = extractor(sep.join([one] * 3))
     _check_spans(doc)
-    alone = {(s.start, s.end, s.label) for s in extractor(one).spans}
+    alone = [(s.start, s.end, s.label) for s in extractor(one).spans if s.end < len(one) - 300]
+    assert len(alone) > 50
     shift = len(one) + len(sep)
-    middle = {(s.start - shift, s.end - shift, s.label) for s in doc.spans if shift <= s.start < 2 * shift - len(sep)}
-    inner = lambda spans: {s for s in spans if 300 <= s[0] < len(one) - 300}  # noqa: E731
-    agree = len(inner(alone) & inner(middle)) / max(1, len(inner(alone) | inner(middle)))
-    assert len(inner(alone)) > 20 and agree > 0.95, agree
+    first = [(s.start, s.end, s.label) for s in doc.spans if s.end < len(one) - 300]
+    assert first == alone
+    n_values = sum(1 for s in alone if s[2] == "VALUE")
+    for k in range(3):
+        copy = [s for s in doc.spans if s.label == "VALUE" and k * shift <= s.start and s.end < k * shift + len(one) - 300]
+        assert abs(len(copy) - n_values) <= 0.25 * n_values, (k, len(copy), n_values)
 
 
 def test_pipe_threads_and_loading_twice_agree(extractor, smoke_run):
