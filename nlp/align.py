@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .annotations import LABELS, Document, Span
+from .annotations import LABELS, Document, Span, strip_span
 from .reader import NormalizedText, normalize
 
 TAGS = ("O", *(f"{p}-{lab}" for lab in LABELS for p in ("B", "I")))
@@ -162,10 +162,7 @@ def decode(encoded: Encoded, token_logits: np.ndarray, id2tag: dict[int, str] | 
         if cur is not None:
             s, e = encoded.norm.span_to_original(cur[1], cur[2])
             orig = encoded.norm.original
-            while s < e and orig[s].isspace():
-                s += 1
-            while e > s and orig[e - 1].isspace():
-                e -= 1
+            s, e = strip_span(orig, s, e)
             if e > s:
                 spans.append(PredictedSpan(s, e, cur[0], orig[s:e], float(np.mean(cur[3]))))
 

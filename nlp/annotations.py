@@ -175,12 +175,25 @@ def _parse_store(path: Path, seeds_dir: Path | None) -> tuple[list[Document], li
             else:
                 spans.append(span)
         spans.sort()
-        for a, b in zip(spans, spans[1:]):
-            if b.start < a.end:
-                errors.append(f"{where}: spans overlap: [{a.start}, {a.end}) {a.label} {a.text!r} and "
-                              f"[{b.start}, {b.end}) {b.label} {b.text!r}")
+        errors.extend(f"{where}: {e}" for e in overlap_errors(spans))
         docs.append(Document(doc=doc, text=text, spans=spans, task_id=task.get("id")))
     return docs, errors
+
+
+def overlap_errors(spans: list[Span]) -> list[str]:
+    """One message per pair of neighbouring spans (in start order) that overlap."""
+    spans = sorted(spans)
+    return [f"spans overlap: [{a.start}, {a.end}) {a.label} {a.text!r} and [{b.start}, {b.end}) {b.label} {b.text!r}"
+            for a, b in zip(spans, spans[1:]) if b.start < a.end]
+
+
+def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) without the whitespace at its edges (an editor's selection, a "▁" token's space)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def _parse_result(item, text: str) -> tuple[Span | None, str | None]:

@@ -55,8 +55,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "builtin:"
 FORMAT_VERSION = 2  # 2: the zh variant also isolates clause punctuation
-CLAUSE_PUNCT = r"[,;:!?()\[\]{}<>|\"'，。、；：？！“”‘’（）《》〈〉【】「」『』…—·～]"
 """Bumped when the conversion output changes; a cached directory of another version is converted again."""
+CLAUSE_PUNCT = r"[,;:!?()\[\]{}<>|\"'，。、；：？！“”‘’（）《》〈〉【】「」『』…—·～]"
+"""Punctuation the zh variant isolates as tokens of their own (a span never ends inside a token)."""
 INFO_FILE = "nlp_builtin.json"
 """Written last into a converted directory: what was converted, from what, and how long it took."""
 QK = 32

@@ -78,8 +78,8 @@ from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from .annotations import LABELS, AnnotationError, Document, Span, _parse_result, load_corpus, load_documents, \
-    save_documents, atomic_write_text
+from .annotations import (LABELS, AnnotationError, Document, Span, _parse_result, atomic_write_text, load_corpus,
+                          load_documents, overlap_errors, save_documents, strip_span)
 from .reader import SUPPORTED_SUFFIXES, ReadError, read_document
 
 DEFAULT_URL = "http://localhost:8080"
@@ -165,15 +165,6 @@ def schema_problem(config: str) -> str | None:
 
 # --------------------------------------------------------------------------------------------- validation
 
-def _overlaps(spans: list[Span]) -> str | None:
-    spans = sorted(spans)
-    for a, b in zip(spans, spans[1:]):
-        if b.start < a.end:
-            return (f"spans overlap: [{a.start}, {a.end}) {a.label} {a.text!r} and "
-                    f"[{b.start}, {b.end}) {b.label} {b.text!r}")
-    return None
-
-
 def validate_results(result: list, text: str, li=None, *, prediction: dict | None = None) -> list[str]:
     """Problems of one annotation's (or prediction's) result list against `text`: the store's rules (offsets,
     span text, label, edge whitespace, overlaps) and, with `li`, the SDK's LabelInterface."""
@@ -186,9 +177,7 @@ def validate_results(result: list, text: str, li=None, *, prediction: dict | Non
             errors.append(f"span {i}: {err}")
         else:
             spans.append(span)
-    ov = _overlaps(spans)
-    if ov:
-        errors.append(ov)
+    errors.extend(overlap_errors(spans)[:1])
     if li is not None and not errors:
         # The SDK checks a region's names, type, label and value shape (about 1 ms a region): one region of
         # each distinct shape stands for all; the offsets and texts were checked above, region by region.
@@ -632,10 +621,7 @@ def _trim(item: dict, text: str) -> tuple[dict, str | None]:
     s, e = v["start"], v["end"]
     if not (0 <= s < e <= len(text)) or v.get("text") != text[s:e]:
         return item, None
-    while s < e and text[s].isspace():
-        s += 1
-    while e > s and text[e - 1].isspace():
-        e -= 1
+    s, e = strip_span(text, s, e)
     if (s, e) == (v["start"], v["end"]) or s == e:
         return item, None
     note = f"[{v['start']}, {v['end']}) {v['text']!r} trimmed to [{s}, {e}) {text[s:e]!r}"
