@@ -196,6 +196,41 @@ def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+# The VALUE boundary rules of SCHEMA.md as one pattern: approximation words that touch the number, a sign and
+# a currency word before or after it, scale words, a unit, a trailing approximation word; noise spaces
+# allowed between the parts (transcripts, PDFs). Simplified and Traditional, half- and full-width.
+_SP = r"[ \t\u00a0\u3000*]*"
+_V_APPROX_PRE = r"(?:未超过|未超過|不超过|不超過|超过|超過|超出|接近|将近|將近|大约|大約|不到|超|近|约|約|逾)"
+_V_CURRENCY = r"(?:人" + _SP + r"民" + _SP + r"[币幣]|美元|港元|港" + _SP + r"[币幣])"
+_V_NUMBER = (r"(?:[0-9０-９]+(?:[.,，．][0-9０-９]+)*|[〇零一二两兩三四五六七八九十百千万萬亿億半]+)")
+_V_UNIT = (r"(?:个百分点|個百分點|百分点|百分點|[%％‰]|[元圆圓]|倍|成|个月|個月|分钟|分鐘|小时|小時|秒|人次|"
+           r"人(?![ \t\u00a0\u3000]*民)|[个個位张張次户戶家款部集对對台件单單笔筆条條场場名]|[KkWw](?![A-Za-z]))")
+_VALUE_RE = re.compile(
+    rf"(?:{_V_APPROX_PRE}{_SP})?(?:[+\-−＋－]{_SP})?(?:{_V_CURRENCY}{_SP})?"
+    rf"(?:(?:接近|超)?(?:翻倍|翻番)|{_V_NUMBER}(?:{_SP}[-~～至到]{_SP}{_V_NUMBER})?"
+    rf"(?:{_SP}(?:[余餘多]{_SP})?[十百千万萬亿億兆])*(?:{_SP}[余餘多])?(?:{_SP}{_V_UNIT})?"
+    rf"(?:{_SP}(?:亿元|億元|元)?{_SP}{_V_CURRENCY}|{_SP}[元圆圓])?(?:{_SP}(?:以上|左右|以下|之多|有余))?)")
+_HAS_NUMERAL = re.compile(r"[0-9０-９〇零一二两兩三四五六七八九十百千万萬亿億半]|翻倍|翻番")
+
+
+def value_extent(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """Snap a predicted VALUE span to the schema's VALUE boundaries: the value expression (see `_VALUE_RE`)
+    that contains the span's first numeral. A span with no numeral at all (a stray 超, 左右, 至) gives None;
+    a span whose numeral no expression covers is returned unchanged. Gold VALUE spans are fixed points (the
+    suite checks all of them)."""
+    m = _HAS_NUMERAL.search(text, start, end)
+    if m is None:
+        return None
+    first = m.start()
+    lo = max(0, start - 12)
+    for v in _VALUE_RE.finditer(text, lo, min(len(text), end + 12)):
+        if v.start() <= first < v.end() and v.end() > v.start():
+            return v.start(), v.end()
+        if v.start() > first:
+            break
+    return start, end
+
+
 def _parse_result(item, text: str) -> tuple[Span | None, str | None]:
     if not isinstance(item, dict):
         return None, "result item is not an object"

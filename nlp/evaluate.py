@@ -2,8 +2,8 @@
 
 Two views of the same predictions:
 - seqeval, strict IOB2, entity level, over each whole document's token sequence (windows merged); the
-  predicted sequence is first made valid IOB2 the way inference decodes it (an I-X that does not continue
-  an X span opens one), so both views score the spans that `nlp extract` reports;
+  predicted sequence is the tags of the spans inference reports (Viterbi-decoded, then tidied by the
+  schema's boundary rules: `align.decode`), so both views score the spans that `nlp extract` reports;
 - character-span exact match computed from spans directly on ORIGINAL offsets, so tokenization cannot
   flatter the figure (a span counts only if start, end and label are all right).
 Both give precision, recall and F1 per label plus micro and macro averages.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import (TAGS, PredictedSpan, char_spans_to_normalized, decode, predict_documents, repair_iob2,
+from .align import (TAGS, PredictedSpan, char_spans_to_normalized, decode, predict_documents, spans_to_tags,
                     token_tags)
 from .annotations import LABELS, Document, atomic_write_json, atomic_write_text
 
@@ -108,11 +108,9 @@ def evaluate_model(model, tokenizer, docs: list[Document], max_length: int, stri
     for doc, (enc, logits) in zip(docs, results):
         g_ids, n_str = token_tags(enc, char_spans_to_normalized(doc, enc.norm))
         straddles += n_str
-        keep = [i for i, t in enumerate(g_ids) if t >= 0]
-        best = logits.argmax(-1) if len(logits) else np.zeros(0, dtype=int)
-        gold_tags.append([TAGS[g_ids[i]] for i in keep])
-        pred_tags.append(repair_iob2([id2tag[int(best[i])] for i in keep]))
+        gold_tags.append([TAGS[t] for t in g_ids if t >= 0])
         spans = decode(enc, logits, id2tag)
+        pred_tags.append(spans_to_tags(enc, spans))
         predictions[doc.doc] = spans
         gold_spans.append([(s.start, s.end, s.label) for s in doc.spans])
         pred_spans.append([(s.start, s.end, s.label) for s in spans])

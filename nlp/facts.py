@@ -526,11 +526,16 @@ def _is_absolute(text: str) -> bool:
     return bool(re.search(r"(19|20)\d{2}", t)) and "同期" not in t
 
 
+_DAY_DATE = re.compile(r"\d{4}\s*[-/.]\s*\d{1,2}\s*[-/.]\s*\d{1,2}|月\s*\d{1,2}\s*[日号]")
+
+
 def reporting_period(text: str, spans) -> str | None:
     """The document's reporting period, from the explicit periods of its title and opening: the first PERIOD
     span that names a year (2024年第二季度, 2024年); a yearless quarter or half before it (the title's 二季度)
     refines a bare year. Without one, the first year written in the text (20XX年), else None."""
-    periods = sorted((s for s in spans if s.label == "PERIOD"), key=lambda s: s.start)
+    # a day (2024-11-25, 11月25日) dates an event or the publication, never a reporting period
+    periods = sorted((s for s in spans if s.label == "PERIOD" and not _DAY_DATE.search(s.text)),
+                     key=lambda s: s.start)
     yearless = None
     for s in periods:
         if _is_absolute(s.text):
@@ -707,6 +712,9 @@ class _DocContext:
         """The most frequent ENTITY: each ENTITY text counted over the whole text, annotated or not (快手 also
         counts inside 快手应用), ties to the first mentioned."""
         ents = [m for m in self.mentions if m.label == "ENTITY"]
+        # a one-character ENTITY is a tagger's fragment (快 of 快手), and counting it over the text would
+        # make it the most frequent name of all
+        ents = [m for m in ents if len(m.text.replace(" ", "")) > 1] or ents
         if not ents:
             return None
         counts = Counter()

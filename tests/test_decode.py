@@ -1,0 +1,102 @@
+"""Decoding: Viterbi IOB2 tags and the schema's span boundary rules, checked against the gold spans."""
+
+import numpy as np
+import pytest
+
+from nlp.align import TAGS, PredictedSpan, best_tags, repair_iob2, tidy_spans
+from nlp.annotations import load_corpus, value_extent
+
+from conftest import GOLD
+
+ID2TAG = dict(enumerate(TAGS))
+
+
+def _logits(rows: list[dict[str, float]]) -> np.ndarray:
+    """Per-token logits from {tag: probability}; the rest of the mass spread over the other tags."""
+    out = np.full((len(rows), len(TAGS)), 1e-4)
+    for i, row in enumerate(rows):
+        for tag, p in row.items():
+            out[i, TAGS.index(tag)] = p
+    return np.log(out / out.sum(-1, keepdims=True))
+
+
+def test_viterbi_joins_what_argmax_splits():
+    # 其 is a bit more likely O than B-METRIC, 他服务收入 is confidently inside a METRIC
+    rows = [{"O": 0.5, "B-METRIC": 0.45}] + [{"I-METRIC": 0.9}] * 4 + [{"O": 0.9}]
+    lg = _logits(rows)
+    argmax = repair_iob2([TAGS[i] for i in lg.argmax(-1)])
+    assert argmax[:2] == ["O", "B-METRIC"]  # the old decoding lost the first character
+    path, probs = best_tags(lg, ID2TAG)
+    assert [TAGS[i] for i in path] == ["B-METRIC", "I-METRIC", "I-METRIC", "I-METRIC", "I-METRIC", "O"]
+    assert probs.shape == lg.shape and np.allclose(probs.sum(-1), 1)
+
+
+def test_viterbi_output_is_always_valid_iob2():
+    rng = np.random.default_rng(0)
+    lg = rng.normal(size=(400, len(TAGS))) * 3
+    tags = [TAGS[i] for i in best_tags(lg, ID2TAG)[0]]
+    assert tags == repair_iob2(tags)  # nothing to repair: every I-X continues an X
+    assert best_tags(np.zeros((0, len(TAGS))), ID2TAG)[0] == []
+
+
+def test_every_gold_value_span_is_a_fixed_point_of_the_value_rules():
+    docs = load_corpus(GOLD)
+    values = [(d, s) for d in docs for s in d.spans if s.label == "VALUE"]
+    assert len(values) == 355
+    moved = [(d.doc, s.text, value_extent(d.text, s.start, s.end)) for d, s in values
+             if value_extent(d.text, s.start, s.end) != (s.start, s.end)]
+    assert moved == []
+
+
+@pytest.mark.parametrize("text, span, expected", [
+    ("净利润达人民币14.8亿元。", "14.8亿元", "人民币14.8亿元"),       # currency word before the number
+    ("净利 润约人民币15亿元,这", "15亿元", "约人民币15亿元"),         # approximation word + currency
+    ("占比超过了90%的用户", "超过了90%", "90%"),                     # 了: the word does not touch the number
+    ("其他服务收入46.8亿元左右,", "46.8亿元", "46.8亿元左右"),        # trailing approximation word
+    ("带动近2万商家入驻", "近2万商", "近2万"),                        # a following noun is not a unit
+    ("同比增长超過20.0%,", "20.0%", "超過20.0%"),                    # Traditional
+    ("流水超千萬人民幣,進展", "千萬", "超千萬人民幣"),               # Chinese numeral, currency after
+    ("收入为人民 币34亿元", "34亿元", "人民 币34亿元"),               # noise space inside the currency word
+    ("广告主数量接近翻倍增长", "翻倍", "接近翻倍"),
+    ("营收１００亿元，", "１００亿", "１００亿元"),                    # full-width digits
+    ("月薪30-50K的岗位", "50K", "30-50K"),
+])
+def test_value_rules_on_real_phrases(text, span, expected):
+    start = text.index(span)
+    s, e = value_extent(text, start, start + len(span))
+    assert text[s:e] == expected
+
+
+def test_a_value_span_without_a_numeral_is_not_a_value():
+    assert value_extent("同比增长超过", 4, 6) is None
+
+
+def _sp(text, piece, label, start=0):
+    s = text.index(piece, start)
+    return PredictedSpan(s, s + len(piece), label, piece, 0.9)
+
+
+def test_tidy_repairs_what_the_tagger_gets_wrong():
+    text = "快手集团毛利达人民币139亿元,线上营销服务收入同比增长30.4%至 人民币143亿元。"
+    spans = [_sp(text, "快", "ENTITY"), _sp(text, "集团毛利达人民币", "METRIC"), _sp(text, "139亿元", "VALUE"),
+             _sp(text, "线上营销", "METRIC"), _sp(text, "服务收入", "METRIC"), _sp(text, "30.4%", "VALUE"),
+             _sp(text, "至 人民币", "METRIC"), _sp(text, "143亿元", "VALUE")]
+    got = [(s.text, s.label) for s in tidy_spans(text, spans)]
+    assert got == [("集团毛利", "METRIC"), ("人民币139亿元", "VALUE"), ("线上营销服务收入", "METRIC"),
+                   ("30.4%", "VALUE"), ("人民币143亿元", "VALUE")]
+    for s in tidy_spans(text, spans):
+        assert text[s.start:s.end] == s.text
+
+
+def test_tidy_leaves_gold_spans_alone_but_one_adjacent_metric_pair():
+    """Gold spans fed through the rules come out unchanged, except the one place where the gold has two
+    METRIC spans side by side (the rules read that as one split mention)."""
+    changed = []
+    for doc in load_corpus(GOLD):
+        spans = [PredictedSpan(s.start, s.end, s.label, s.text, 1.0) for s in sorted(doc.spans)]
+        out = tidy_spans(doc.text, spans)
+        a = {(s.start, s.end, s.label) for s in spans}
+        b = {(s.start, s.end, s.label) for s in out}
+        changed += [(doc.doc[:3], doc.text[s:e], lab) for s, e, lab in sorted(a ^ b)]
+    assert changed == [("004", "从业人员", "METRIC"), ("004", "从业人员采用灵活就业模式", "METRIC"),
+                       ("004", "采用灵活就业模式", "METRIC")]
