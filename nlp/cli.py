@@ -91,7 +91,7 @@ def cmd_cv(args) -> int:
 
     cfg, path = _load_cfg(args)
     out = Path(args.out) if args.out else _new_run_dir(cfg.output_dir, "cv")
-    summary = cross_validate(cfg, out, progress=not args.quiet)
+    summary = cross_validate(cfg, out, progress=not args.quiet, reuse=args.reuse)
     print(cv_markdown(summary))
     print(f"written: {out / 'cv.json'}, {out / 'cv.md'}")
     return 0
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Trains one model per document with that document held out, reports per-fold, "
                                     "mean ± std and pooled F1 per label (cv.md, cv.json).")
     run_opts(cv)
+    cv.add_argument("--reuse", action="store_true",
+                    help="score a fold already trained to the end in --out with the same configuration instead of "
+                         "training it again (after a change to decoding, or an interrupted run)")
     cv.set_defaults(func=cmd_cv)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on gold annotations",

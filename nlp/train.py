@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .align import TAG2ID, TAGS, char_spans_to_normalized, encode, make_windows, token_tags
-from .annotations import LABELS, Document, atomic_write_json, atomic_write_text, load_corpus
-from .config import RunConfig, dump_config
+from .annotations import LABELS, Document, atomic_write_json, atomic_write_text, load_corpus, read_json
+from .config import RunConfig, dump_config, to_dict
 from .evaluate import Evaluation, evaluate_model, pooled, summary_line, write_report
 
 STATE_FILE = "trainer_state.json"
@@ -450,10 +450,34 @@ sectors and on filings' tables. Always check extracted figures before relying on
 
 # --------------------------------------------------------------------------------------------- CV
 
-def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, log=print) -> dict:
+def _finished_fold(fold_dir: Path, fold_cfg: RunConfig) -> dict | None:
+    """The train summary of a fold trained to the end with exactly this configuration, else None."""
+    import yaml
+
+    summary, saved = fold_dir / "train_summary.json", fold_dir / "config.yaml"
+    if not (summary.is_file() and saved.is_file() and (fold_dir / "config.json").is_file()):
+        return None
+    mine = to_dict(fold_cfg)
+    theirs = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    same = all(theirs.get(k) == mine.get(k) for k in ("model", "seed", "data", "train"))
+    return read_json(summary) if same else None
+
+
+def _score_saved(model_dir: Path, cfg: RunConfig, docs: list[Document]) -> Evaluation:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    model = AutoModelForTokenClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return evaluate_model(model, tokenizer, docs, cfg.data.max_length, cfg.data.stride)
+
+
+def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, log=print,
+                   reuse: bool = False) -> dict:
     """Leave-one-document-out: for each document, train on the others for the configured epochs and
     evaluate the LAST model on it (no early stopping, no choice of epoch on the held-out document).
-    Reports per-fold, mean, spread and pooled scores."""
+    Reports per-fold, mean, spread and pooled scores. `reuse=True` scores a fold already trained to the end
+    in `out_dir` with the same configuration instead of training it again (training is deterministic: the
+    model would be the same), e.g. after a change to decoding or an interrupted run."""
     import copy
 
     out_dir = Path(out_dir)
@@ -464,8 +488,19 @@ def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, l
         fold_cfg.data.dev_docs = [d]
         fold_cfg.train.keep_best = False  # the held-out document must not choose the epoch
         fold_cfg.train.early_stopping_patience = 0
+        fold_dir = out_dir / Path(d).stem
+        done = _finished_fold(fold_dir, fold_cfg) if reuse else None
+        if done is not None:
+            log(f"== fold: held-out {d} (trained before: scoring {fold_dir})")
+            dev = _score_saved(fold_dir, fold_cfg, [x for x in docs if x.doc == d])
+            write_report(dev, fold_dir, title=f"Evaluation on {d}")
+            folds.append({"doc": d, "best_step": done["best_step"], "seconds": done["seconds"],
+                          "samples_per_second": done["samples_per_second"],
+                          "seqeval": dev.seqeval, "spans": dev.spans})
+            evals.append(dev)
+            continue
         log(f"== fold: held-out {d}")
-        res = train(fold_cfg, out_dir / Path(d).stem, progress=progress, log=log)
+        res = train(fold_cfg, fold_dir, progress=progress, log=log)
         if res.dev is None:
             raise RuntimeError(f"fold {d}: no dev evaluation was made")
         evals.append(res.dev)

@@ -161,3 +161,50 @@ def test_bad_window_settings_are_refused(extractor):
         make_windows(extractor.tokenizer, enc, 64, 62)
     windows = make_windows(extractor.tokenizer, enc, 64, 16)
     assert len(windows) == 1 and windows[0].input_ids[0] == extractor.tokenizer.cls_token_id
+
+
+@pytest.mark.parametrize("seed", [SEED0, SEEDS / "003_9ce4267ae1db9f51.txt"])
+def test_sentence_windows_cover_the_text_and_end_at_sentence_ends(extractor, seed):
+    from nlp.align import encode, sentence_window_bounds, window_starts
+
+    enc = encode(extractor.tokenizer, read_text(seed))
+    n, text = len(enc.ids), enc.norm.text
+    bounds = sentence_window_bounds(enc, 62, 16)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    for (a, b), (c, d) in zip(bounds, bounds[1:]):
+        assert 0 < b - a <= 62 and c <= b and (c == b or b - c == 16)  # no gap; overlap only at a forced cut
+        if c == b:  # a clean cut: the text between the two windows breaks a sentence or a line
+            tail = text[enc.offsets[b - 1][0]:enc.offsets[b][0] + 1]
+            assert any(ch in tail for ch in "。！？!?；;\n"), tail
+    fixed = sum(min(s + 62, n) - s for s in window_starts(n, 62, 16))
+    assert sum(b - a for a, b in bounds) < 0.9 * fixed  # fewer tokens to read than fixed windows
+
+
+def test_windows_and_forward_pass_decoded_like_the_pipeline_equal_the_pipeline(extractor, smoke_run):
+    """transformers' token-classification pipeline (simple aggregation, stride) and `pipeline_decode` over
+    our tokenization, windows and batched forward pass give the same spans on real seeds."""
+    from transformers import pipeline
+
+    from nlp.align import Window, encode, pipeline_decode, pipeline_window_bounds, predict_logits
+    from nlp.annotations import strip_span
+    from nlp.reader import normalize
+
+    ex = load(smoke_run[1])
+    tok = ex.tokenizer
+    tok.model_max_length = ex.max_length
+    pipe = pipeline("token-classification", model=ex.model, tokenizer=tok, aggregation_strategy="simple",
+                    stride=ex.stride, device=ex.device)
+    n_spans = 0
+    for seed in (SEED0, SEED1):
+        norm = normalize(read_text(seed))
+        theirs = {(*strip_span(norm.text, int(e["start"]), int(e["end"])), e["entity_group"])
+                  for e in pipe(norm.text)}
+        enc = encode(tok, norm.text, norm)
+        ws = [Window(0, a, [tok.cls_token_id, *enc.ids[a:b], tok.sep_token_id])
+              for a, b in pipeline_window_bounds(len(enc.ids), ex.max_length - 2, ex.stride)]
+        assert len(ws) > 3  # several overlapping windows: the overlap resolution is exercised
+        ours = set(pipeline_decode(enc, ws, predict_logits(ex.model, ws, 8, tok.pad_token_id, ex.device),
+                                   ex.id2tag))
+        assert ours == theirs
+        n_spans += len(ours)
+    assert n_spans > 20

@@ -118,3 +118,25 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
     assert a.keys() == b.keys()
     for k in a:  # same data order, same dropout masks, same optimizer state: bit for bit the same weights
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
+    """`nlp cv --reuse` scores a finished fold instead of training it again, but only one trained with
+    exactly the fold's configuration; its score is the one the run itself reported for the saved model."""
+    import copy
+
+    from nlp.train import _finished_fold, _score_saved
+
+    cfg, out, res = smoke_run
+    done = _finished_fold(out, cfg)
+    assert done is not None and done["steps"] == res.steps
+    for key, value in (("lr", cfg.train.lr * 2), ("epochs", cfg.train.epochs + 1)):
+        changed = copy.deepcopy(cfg)
+        setattr(changed.train, key, value)
+        assert _finished_fold(out, changed) is None
+    moved = copy.deepcopy(cfg)
+    moved.data.dev_docs = ["000_bf5218bb65c99514.txt"]
+    assert _finished_fold(out, moved) is None
+    dev = [d for d in load_corpus(GOLD) if d.doc in cfg.data.dev_docs]
+    ev = _score_saved(out, cfg, dev)
+    assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
