@@ -31,6 +31,9 @@ class DataConfig:
     """Tokens per window (special tokens included)."""
     stride: int = 64
     """Tokens shared by consecutive windows of a long document."""
+    train_windows: str = "fixed"
+    """How training cuts documents: `fixed` (windows of max_length sharing `stride` tokens) or `sentences`
+    (windows ending at a sentence end, as prediction always cuts them; `stride` only inside a long sentence)."""
 
 
 @dataclass
@@ -191,6 +194,8 @@ def _semantic_checks(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'data.max_length' must be within 16..512, got {d.max_length}")
     if not 0 <= d.stride < d.max_length // 2:
         raise ConfigError(f"{source}: 'data.stride' must be >= 0 and below half of data.max_length")
+    if d.train_windows not in ("fixed", "sentences"):
+        raise ConfigError(f"{source}: 'data.train_windows' must be fixed or sentences, got {d.train_windows!r}")
     if t.batch_size < 1 or t.grad_accum < 1:
         raise ConfigError(f"{source}: 'train.batch_size' and 'train.grad_accum' must be >= 1")
     if t.lr <= 0 or t.head_lr <= 0:

@@ -42,7 +42,8 @@ def split_documents(docs: list[Document], dev_docs: list[str]) -> tuple[list[Doc
     return train, dev
 
 
-def build_windows(tokenizer, docs: list[Document], max_length: int, stride: int) -> tuple[list[dict], int]:
+def build_windows(tokenizer, docs: list[Document], max_length: int, stride: int,
+                  sentences: bool = False) -> tuple[list[dict], int]:
     """Training examples (input_ids, attention_mask, labels) of every window of every document, and the
     number of gold span boundaries that fell inside a token."""
     rows, straddles = [], 0
@@ -50,7 +51,7 @@ def build_windows(tokenizer, docs: list[Document], max_length: int, stride: int)
         enc = encode(tokenizer, doc.text)
         tags, n = token_tags(enc, char_spans_to_normalized(doc, enc.norm))
         straddles += n
-        for w in make_windows(tokenizer, enc, max_length, stride, doc_index=i, token_tags=tags):
+        for w in make_windows(tokenizer, enc, max_length, stride, doc_index=i, token_tags=tags, sentences=sentences):
             rows.append({"input_ids": w.input_ids, "attention_mask": [1] * len(w.input_ids), "labels": w.labels})
     return rows, straddles
 
@@ -191,7 +192,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     if tc.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    rows, straddles = build_windows(tokenizer, train_docs, dc.max_length, dc.stride)
+    rows, straddles = build_windows(tokenizer, train_docs, dc.max_length, dc.stride,
+                                    sentences=dc.train_windows == "sentences")
     ds = to_dataset(rows)
     sampler = EpochShuffle(len(ds), cfg.seed)
     # The loader gets a generator of its own: creating an iterator must not draw from the global torch RNG
@@ -459,6 +461,10 @@ def _finished_fold(fold_dir: Path, fold_cfg: RunConfig) -> dict | None:
         return None
     mine = to_dict(fold_cfg)
     theirs = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    defaults = to_dict(RunConfig())  # a key added since that run was saved had its default value then
+    for k in ("data", "train"):
+        if isinstance(theirs.get(k), dict):
+            theirs[k] = {**defaults[k], **theirs[k]}
     same = all(theirs.get(k) == mine.get(k) for k in ("model", "seed", "data", "train"))
     return read_json(summary) if same else None
 

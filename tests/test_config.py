@@ -35,6 +35,7 @@ def _write(tmp_path, text):
     ("train:\n  freeze_embeddings: maybe\n", "'train.freeze_embeddings' must be true or false"),
     ("data:\n  annotations: [no/such/dir]\n", "'data.annotations': no/such/dir does not exist"),
     ("data:\n  max_length: 100\n  stride: 60\n", "'data.stride'"),
+    ("data:\n  train_windows: paragraphs\n", "'data.train_windows' must be fixed or sentences"),
     ("train: [1, 2\n", "malformed YAML"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("train: 3\n", "'train' must be a mapping"),

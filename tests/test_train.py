@@ -140,3 +140,30 @@ def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
     dev = [d for d in load_corpus(GOLD) if d.doc in cfg.data.dev_docs]
     ev = _score_saved(out, cfg, dev)
     assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
+
+
+def test_sentence_training_windows_keep_every_gold_tag():
+    """data.train_windows: sentences cuts training windows where prediction cuts them; every token of every
+    document still lands in a window with its gold tag."""
+    from nlp.align import encode, token_tags
+    from nlp.align import char_spans_to_normalized as to_norm
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    _, tok = load_model_and_tokenizer(cfg.model)
+    docs = load_corpus(GOLD)[:2]
+    fixed, _ = build_windows(tok, docs, 64, 16)
+    rows, _ = build_windows(tok, docs, 64, 16, sentences=True)
+    assert sum(len(r["input_ids"]) for r in rows) < sum(len(r["input_ids"]) for r in fixed)
+    seen = []
+    for r in rows:
+        assert len(r["labels"]) == len(r["input_ids"]) <= 64 and r["labels"][0] == r["labels"][-1] == -100
+        seen.extend(r["labels"][1:-1])
+    want = []
+    for d in docs:
+        enc = encode(tok, d.text)
+        want.extend(token_tags(enc, to_norm(d, enc.norm))[0])
+    # windows overlap only inside sentences longer than a window: every gold tag is there at least once
+    from collections import Counter
+
+    got, need = Counter(seen), Counter(want)
+    assert all(got[t] >= n for t, n in need.items()) and sum(got.values()) < 1.25 * sum(need.values())
