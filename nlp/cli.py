@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--docs", nargs="*", help="only these documents (file names)")
     e.add_argument("--out", help="report folder (default: MODEL/evaluation)")
     e.add_argument("--max-length", type=int, default=None, help="window length (default: the model's training config)")
-    e.add_argument("--stride", type=int, default=None, help="window overlap (default: the model's training config)")
+    e.add_argument("--stride", type=int, default=None,
+                   help="overlap of the windows inside a sentence longer than a window; windows otherwise end at "
+                        "sentence ends (default: the model's training config)")
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=cmd_evaluate)
 

@@ -30,7 +30,8 @@ class DataConfig:
     max_length: int = 256
     """Tokens per window (special tokens included)."""
     stride: int = 64
-    """Tokens shared by consecutive windows of a long document."""
+    """Tokens shared by consecutive training windows of a long document. Prediction cuts windows at sentence
+    ends and uses the stride only inside a sentence longer than a window."""
     train_windows: str = "fixed"
     """How training cuts documents: `fixed` (windows of max_length sharing `stride` tokens) or `sentences`
     (windows ending at a sentence end, as prediction always cuts them; `stride` only inside a long sentence)."""
