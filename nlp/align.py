@@ -10,6 +10,7 @@ spans over normalized characters, and mapped to ORIGINAL character offsets throu
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -246,9 +247,14 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
             new = PredictedSpan(ext[0], ext[1], sp.label, text[ext[0]:ext[1]], sp.score)
         snapped.append((new, sp))
     # a span lying wholly inside a snapped value expression (人民币 tagged METRIC) is part of the value
-    values = [new for new, _ in snapped if new.label == "VALUE"]
-    snapped = [(new, sp) for new, sp in snapped if new.label == "VALUE"
-               or not any(v.start <= sp.start and sp.end <= v.end for v in values)]
+    values = sorted((new.start, new.end) for new, _ in snapped if new.label == "VALUE")
+    value_starts = [v[0] for v in values]
+
+    def inside_a_value(sp: PredictedSpan) -> bool:  # the value starting last at or before it (no overlaps)
+        i = bisect.bisect_right(value_starts, sp.start) - 1
+        return i >= 0 and sp.end <= values[i][1]
+
+    snapped = [(new, sp) for new, sp in snapped if new.label == "VALUE" or not inside_a_value(sp)]
     out: list[tuple[PredictedSpan, PredictedSpan]] = []
     for new, sp in snapped:
         if out and out[-1][0].end > new.start:
@@ -282,8 +288,6 @@ def _figure_sentences_only(text: str, spans: list[PredictedSpan]) -> list[Predic
     """ENTITY, METRIC and PERIOD mark the mentions a figure uses (SCHEMA.md): drop those in a sentence with
     no VALUE, except a PERIOD that names a year (a title's or an opening's reporting period). 490 of the 501
     gold ENTITY/METRIC/PERIOD spans share their sentence with a VALUE, and 4 of the other 11 name a year."""
-    import bisect
-
     starts = [m.start() for m in _SENTENCE.finditer(text)]
     if not starts:
         return spans
