@@ -5,9 +5,11 @@
     doc = extractor(text)                  # -> ExtractedDoc with .spans and .facts (typed, with to_dict())
     docs = list(extractor.pipe(texts, batch_size=32))
 
-Any length of input: the normalized text is tokenized once and cut into overlapping windows; windows of many
-documents are batched together (on the GPU when there is one); per-token logits are averaged where windows
-overlap; spans come back at ORIGINAL character offsets with a confidence score each.
+Any length of input: the normalized text is tokenized once and cut into windows that end at sentence ends
+(overlapping only inside a sentence longer than a window); windows of many documents are batched together
+(on the GPU when there is one); per-token logits are averaged where windows overlap and decoded with
+Viterbi plus the schema's boundary rules (`align.decode`); spans come back at ORIGINAL character offsets
+with a confidence score each.
 """
 
 from __future__ import annotations
