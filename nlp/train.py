@@ -185,6 +185,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision, use_cpu), cpu=use_cpu,
                               gradient_accumulation_steps=tc.grad_accum)
     main = accelerator.is_main_process
+    if main and not resume:  # a summary marks a finished run (cv --reuse trusts it): not this one, yet
+        (out_dir / "train_summary.json").unlink(missing_ok=True)
     set_seed(cfg.seed)
 
     docs = load_corpus(dc.annotations)
