@@ -4,8 +4,10 @@ Forward (training): a document's normalized text is tokenized ONCE with characte
 overlapping windows of `max_length` tokens (`stride` tokens shared between neighbours), and each token gets
 the IOB2 tag of the gold span it begins or continues.
 
-Backward (prediction): per-token logits of all windows are averaged where windows overlap, decoded to IOB2
-spans over normalized characters, and mapped to ORIGINAL character offsets through the reader's map.
+Backward (prediction): the text is cut into windows that end at sentence ends; per-token logits are
+averaged where windows overlap, decoded to the most probable valid IOB2 sequence (Viterbi), turned into
+spans mapped to ORIGINAL character offsets through the reader's map, and tidied by the schema's boundary
+rules (`tidy_spans`).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def sentence_window_bounds(encoded: Encoded, body: int, stride: int, min_fill: f
 def make_windows(tokenizer, encoded: Encoded, max_length: int, stride: int, doc_index: int = 0,
                  token_tags: list[int] | None = None, sentences: bool = False) -> list[Window]:
     """Windows of at most `max_length` tokens with [CLS] and [SEP]: fixed ones sharing `stride` tokens
-    (training), or `sentences=True`: cut at sentence ends (`sentence_window_bounds`, prediction)."""
+    (training's default), or `sentences=True`: cut at sentence ends (`sentence_window_bounds`; prediction
+    always, training with data.train_windows: sentences)."""
     body = max_length - 2
     if body < 1 or not 0 <= stride < body:
         raise ValueError(f"windows of max_length {max_length} need 0 <= stride < {body} (got stride {stride})")
@@ -166,15 +169,10 @@ def merge_window_logits(n_tokens: int, windows: list[Window], logits: list[np.nd
     return acc / np.maximum(cnt, 1)
 
 
-def repair_iob2(tags: list[str]) -> list[str]:
-    """Make a tag sequence valid IOB2: an I-X that does not continue an X span opens one (B-X)."""
-    out, prev = [], "O"
-    for t in tags:
-        if t.startswith("I-") and prev[2:] != t[2:]:
-            t = "B-" + t[2:]
-        out.append(t)
-        prev = t
-    return out
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Per-token tag probabilities from logits (last axis)."""
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
 
 
 def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[int], np.ndarray]:
@@ -182,9 +180,7 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[in
     after B-X or I-X) and the per-token probabilities. Scored on the seeds' cross-validation logits this beats
     per-token argmax plus repair by 0.05 micro F1 (BENCHMARKS.md): a weak I- no longer splits a span, a
     confident I- pulls its uncertain B- in."""
-    z = token_logits - token_logits.max(-1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(-1, keepdims=True)
+    probs = softmax(token_logits)
     n, k = probs.shape
     if n == 0:
         return [], probs
@@ -377,8 +373,7 @@ def pipeline_decode(encoded: Encoded, windows: list[Window], logits: list[np.nda
     ents = []
     for w, lg in zip(windows, logits):
         k = len(w.input_ids) - 2
-        z = np.exp(lg[1:1 + k] - lg[1:1 + k].max(-1, keepdims=True))
-        probs = z / z.sum(-1, keepdims=True)
+        probs = softmax(lg[1:1 + k])
         group: list[tuple[int, str, str, float]] = []  # (token, bio, label, score)
         for j in range(k):
             tag = id2tag[int(probs[j].argmax())]

@@ -224,7 +224,7 @@ def value_extent(text: str, start: int, end: int) -> tuple[int, int] | None:
     first = m.start()
     lo = max(0, start - 12)
     for v in _VALUE_RE.finditer(text, lo, min(len(text), end + 12)):
-        if v.start() <= first < v.end() and v.end() > v.start():
+        if v.start() <= first < v.end():
             return v.start(), v.end()
         if v.start() > first:
             break

@@ -89,6 +89,8 @@ def cmd_train(args) -> int:
 def cmd_cv(args) -> int:
     from .train import cross_validate, cv_markdown
 
+    if args.reuse and not args.out:
+        return _fail("--reuse scores the folds of an earlier run: name its folder with --out")
     cfg, path = _load_cfg(args)
     out = Path(args.out) if args.out else _new_run_dir(cfg.output_dir, "cv")
     summary = cross_validate(cfg, out, progress=not args.quiet, reuse=args.reuse)
@@ -103,9 +105,12 @@ def cmd_evaluate(args) -> int:
     from .annotations import load_corpus
     from .evaluate import evaluate_model, summary_line, write_report
 
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        return _fail(f"{model_dir}: not a model directory (no config.json)")
+    from .config import check_model_dir, run_settings
+
+    try:
+        model_dir = check_model_dir(args.model)
+    except FileNotFoundError as e:
+        return _fail(str(e))
     docs = load_corpus(args.data)
     if args.docs:
         missing = sorted(set(args.docs) - {d.doc for d in docs})
@@ -116,14 +121,11 @@ def cmd_evaluate(args) -> int:
         return _fail(f"no documents in {', '.join(args.data)}")
     from transformers.utils import logging as hf_logging
 
-    from .config import run_settings
-
     hf_logging.set_verbosity_error()
-    settings = run_settings(model_dir)  # the windows the model was trained with, unless overridden
+    settings = run_settings(model_dir, args.max_length, args.stride)  # the training windows unless overridden
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    ev = evaluate_model(model, tok, docs, args.max_length or settings["max_length"],
-                        settings["stride"] if args.stride is None else args.stride, args.batch_size)
+    ev = evaluate_model(model, tok, docs, settings["max_length"], settings["stride"], args.batch_size)
     out = Path(args.out) if args.out else model_dir / "evaluation"
     write_report(ev, out, f"Evaluation of {model_dir}")
     print(ev.markdown(f"Evaluation of {model_dir}"))

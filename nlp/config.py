@@ -220,9 +220,18 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False)
 
 
-def run_settings(model_dir: Path) -> dict:
-    """Window settings the model was trained with (from the run's config.yaml), else defaults."""
-    out = {"max_length": 256, "stride": 64}
+def check_model_dir(model_dir: str | Path, hint: str = "") -> Path:
+    """`model_dir` as a Path if it holds a saved model (config.json), else FileNotFoundError naming it."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json){hint}")
+    return model_dir
+
+
+def run_settings(model_dir: Path, max_length: int | None = None, stride: int | None = None) -> dict:
+    """Window settings for predicting with a saved model: `max_length` / `stride` where given, else what
+    the model was trained with (the run's config.yaml), else the DataConfig defaults."""
+    out = {"max_length": DataConfig.max_length, "stride": DataConfig.stride}
     cfg = Path(model_dir) / "config.yaml"
     if cfg.is_file():
         try:
@@ -232,4 +241,8 @@ def run_settings(model_dir: Path) -> dict:
         data = data.get("data", {}) if isinstance(data, dict) else {}
         if isinstance(data, dict):
             out.update({k: int(data[k]) for k in ("max_length", "stride") if isinstance(data.get(k), int)})
+    if max_length:
+        out["max_length"] = max_length
+    if stride is not None:
+        out["stride"] = stride
     return out

@@ -712,9 +712,6 @@ class _DocContext:
         """The most frequent ENTITY: each ENTITY text counted over the whole text, annotated or not (快手 also
         counts inside 快手应用), ties to the first mentioned."""
         ents = [m for m in self.mentions if m.label == "ENTITY"]
-        # a one-character ENTITY is a tagger's fragment (快 of 快手), and counting it over the text would
-        # make it the most frequent name of all
-        ents = [m for m in ents if len(m.text.replace(" ", "")) > 1] or ents
         if not ents:
             return None
         counts = Counter()

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .align import PredictedSpan, decode, predict_documents
-from .config import run_settings
+from .config import check_model_dir, run_settings
 
 
 @dataclass
@@ -50,9 +50,7 @@ class Extractor:
         from transformers import AutoModelForTokenClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json); train one with `nlp train`")
+        model_dir = check_model_dir(model_dir, hint="; train one with `nlp train`")
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on every load
         self.model_dir = model_dir
@@ -71,9 +69,8 @@ class Extractor:
                 warnings.simplefilter("ignore")
                 self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.id2tag = {int(k): v for k, v in self.model.config.id2label.items()}
-        settings = run_settings(model_dir)
-        self.max_length = max_length or settings["max_length"]
-        self.stride = stride if stride is not None else settings["stride"]
+        settings = run_settings(model_dir, max_length, stride)
+        self.max_length, self.stride = settings["max_length"], settings["stride"]
         self.batch_size = batch_size
         self.with_facts = facts
         self._lock = threading.Lock()

@@ -68,6 +68,7 @@ that spans land where expected (older Label Studio editors counted UTF-16 units)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -76,10 +77,10 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 from .annotations import (LABELS, AnnotationError, Document, Span, _parse_result, atomic_write_text, load_corpus,
                           load_documents, overlap_errors, save_documents, strip_span)
+from .config import check_model_dir
 from .reader import SUPPORTED_SUFFIXES, ReadError, read_document
 
 DEFAULT_URL = "http://localhost:8080"
@@ -114,6 +115,8 @@ class LabelStudioError(Exception):
 
 def label_config() -> str:
     """The labeling config generated from :data:`SCHEMA`, validated with the SDK's LabelInterface."""
+    from xml.sax.saxutils import quoteattr  # here, not at import: every `nlp` command imports this module
+
     labels = "\n".join(f"    <Label value={quoteattr(s.name)} background={quoteattr(s.background)} "
                        f"hotkey={quoteattr(s.hotkey)}/>" for s in SCHEMA)
     config = (f'<View>\n  <Header value="$doc"/>\n'
@@ -284,13 +287,12 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int | None = No
     import numpy as np
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from .align import decode, predict_documents
+    from .align import decode, predict_documents, softmax
     from .config import run_settings
 
     model_dir = check_model_dir(model_dir)
-    settings = run_settings(Path(model_dir))  # the window the model was trained with, unless given
-    max_length = max_length or settings["max_length"]
-    stride = settings["stride"] if stride is None else stride
+    settings = run_settings(model_dir, max_length, stride)  # the window the model was trained with, unless given
+    max_length, stride = settings["max_length"], settings["stride"]
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     id2tag = {int(k): v for k, v in model.config.id2label.items()}
@@ -303,8 +305,7 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int | None = No
         if spans:
             score = float(np.mean([s.score for s in spans]))
         elif len(logits):
-            z = np.exp(logits - logits.max(-1, keepdims=True))
-            score = float(np.mean(z.max(-1) / z.sum(-1)))
+            score = float(np.mean(softmax(logits).max(-1)))
         else:
             score = 1.0
         out.append(Prediction(spans, round(score, 6)))
@@ -472,12 +473,6 @@ class PushReport:
     model_version: str | None = None
     notes: list[str] = field(default_factory=list)
 
-
-def check_model_dir(model: str | Path) -> Path:
-    model = Path(model)
-    if not (model / "config.json").is_file():
-        raise LabelStudioError(f"{model}: not a model directory (no config.json)")
-    return model
 
 
 def push(server: Server, paths: list[str | Path], title: str, model: str | Path | None = None,
@@ -721,6 +716,7 @@ def _err(msg: str, code: int = 2) -> int:
 
 def _guarded(fn):
     """Run a command; known failures become one line on stderr and exit code 2, never a traceback."""
+    @functools.wraps(fn)
     def run(args) -> int:
         try:
             return fn(args) or 0
@@ -731,8 +727,6 @@ def _guarded(fn):
             if msg is None:
                 raise
             return _err(msg)
-    run.__name__ = fn.__name__
-    run.__doc__ = fn.__doc__
     return run
 
 
@@ -780,14 +774,18 @@ def cmd_push(args) -> int:
     return 0
 
 
+def _report_pull(rep) -> None:
+    _report(rep.notes, "note")
+    _report(rep.skipped, "skipped")
+    _report(rep.invalid, "invalid")
+
+
 @_guarded
 def cmd_pull(args) -> int:
     _refuse_overwrite(args.out, args.force)
     server = _connect(args)
     rep = pull(server, args.project, args.out)
-    _report(rep.notes, "note")
-    _report(rep.skipped, "skipped")
-    _report(rep.invalid, "invalid")
+    _report_pull(rep)
     if not rep.documents:
         return _err(f"nothing written: no task of project {args.project!r} has a usable annotation", 1)
     n = sum(len(d.spans) for d in rep.documents)
@@ -804,14 +802,13 @@ def cmd_bio(args) -> int:
         docs = load_corpus(args.from_store)
     else:
         rep = pull(_connect(args), args.project)
-        _report(rep.notes, "note")
-        _report(rep.skipped, "skipped")
-        _report(rep.invalid, "invalid")
+        _report_pull(rep)
         docs, invalid = rep.documents, rep.invalid
     if not docs:
         return _err("nothing written: no annotated document", 1)
-    atomic_write_text(args.out, bio_text(docs))
-    chars = sum(len(char_bio(d)) for d in docs)
+    body = bio_text(docs)
+    atomic_write_text(args.out, body)
+    chars = body.count("\n") - len(docs)  # a line per character, a blank line per document
     print(f"{args.out}: {len(docs)} document(s), {chars} characters, character-level BIO")
     return 1 if invalid else 0
 

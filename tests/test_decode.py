@@ -3,12 +3,23 @@
 import numpy as np
 import pytest
 
-from nlp.align import TAGS, PredictedSpan, best_tags, repair_iob2, tidy_spans
+from nlp.align import TAGS, PredictedSpan, best_tags, tidy_spans
 from nlp.annotations import load_corpus, value_extent
 
 from conftest import GOLD
 
 ID2TAG = dict(enumerate(TAGS))
+
+
+def repair_iob2(tags: list[str]) -> list[str]:
+    """The decoding before Viterbi: an I-X that does not continue an X span opens one (B-X)."""
+    out, prev = [], "O"
+    for t in tags:
+        if t.startswith("I-") and prev[2:] != t[2:]:
+            t = "B-" + t[2:]
+        out.append(t)
+        prev = t
+    return out
 
 
 def _logits(rows: list[dict[str, float]]) -> np.ndarray:
