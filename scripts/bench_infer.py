@@ -12,7 +12,8 @@ Texts: the five seed articles (their original text). Measured, best of --repeat 
   windows and our batched forward pass: identical spans prove the machinery is the pipeline's. The share
   of the DEFAULT spans equal to the pipeline's is printed too; they differ by design (sentence-aligned
   windows, Viterbi decoding, the schema's boundary rules: BENCHMARKS.md has what each is worth);
-- the bare forward pass over the windows `nlp` uses (the floor for any implementation).
+- the bare forward pass over the windows `nlp` uses (the floor for any implementation; sentences without a
+  numeral are not read: `nlp.align.figure_token_ranges`).
 Peak memory (max RSS of this process) is printed at the end. With a GPU, --batch-sizes gives chars/s per
 batch size.
 """
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from nlp.align import Window, encode, make_windows, pipeline_decode, pipeline_window_bounds, predict_logits
+    from nlp.align import (Window, encode, figure_token_ranges, make_windows, pipeline_decode, pipeline_window_bounds,
+                           predict_logits)
     from nlp.infer import load
     from nlp.annotations import strip_span
     from nlp.reader import normalize, read_text
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
               f"{sum(len(d.facts) for d in docs)} facts) | spans only {n_chars / t_spans:10.0f} chars/s")
 
     encs = [encode(ex.tokenizer, t) for t in texts]
-    windows = [w for e in encs for w in make_windows(ex.tokenizer, e, ex.max_length, ex.stride, sentences=True)]
+    windows = [w for e in encs for w in make_windows(ex.tokenizer, e, ex.max_length, ex.stride, sentences=True,
+                                                     ranges=figure_token_ranges(e))]
     t_fwd, _ = best_of(lambda: predict_logits(ex.model, windows, ex.batch_size, ex.tokenizer.pad_token_id,
                                               ex.device), args.repeat)
     n_tok = sum(len(w.input_ids) for w in windows)
