@@ -13,8 +13,10 @@ rules (`tidy_spans`).
 from __future__ import annotations
 
 import bisect
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -338,8 +340,11 @@ def _trim_metric(text: str, start: int, end: int) -> int:
     return m.start() if m else end
 
 
-def decode(encoded: Encoded, token_logits: np.ndarray, id2tag: dict[int, str] | None = None) -> list[PredictedSpan]:
-    """Viterbi IOB2 decoding over tokens (`best_tags`), mapped to ORIGINAL offsets, tidied (`tidy_spans`)."""
+def decode(encoded: Encoded, token_logits: np.ndarray, id2tag: dict[int, str] | None = None,
+           lexicon: dict[str, list[str]] | None = None) -> list[PredictedSpan]:
+    """Viterbi IOB2 decoding over tokens (`best_tags`), mapped to ORIGINAL offsets, tidied (`tidy_spans`),
+    ENTITY and METRIC fragments extended to the training data's terms (`extend_to_terms`, when the model
+    directory has a lexicon)."""
     id2tag = id2tag or dict(enumerate(TAGS))
     if len(encoded.ids) == 0:
         return []
@@ -372,7 +377,79 @@ def decode(encoded: Encoded, token_logits: np.ndarray, id2tag: dict[int, str] | 
             cur[2] = e
             cur[3].append(p)
     close()
-    return tidy_spans(orig, spans)
+    return extend_to_terms(encoded.norm, tidy_spans(orig, spans), lexicon)
+
+
+LEXICON_FILE = "lexicon.json"
+LEXICON_LABELS = ("ENTITY", "METRIC")
+
+
+def build_lexicon(docs: list[Document]) -> dict[str, list[str]]:
+    """The ENTITY and METRIC terms of the gold spans of `docs` (normalized like the model's text, two
+    characters or more), per label: what training writes beside the model as lexicon.json."""
+    terms: dict[str, set[str]] = {lab: set() for lab in LEXICON_LABELS}
+    for doc in docs:
+        for sp in doc.spans:
+            if sp.label in terms:
+                t = normalize(sp.text).text
+                if len(t) >= 2:
+                    terms[sp.label].add(t)
+    return {lab: sorted(ts) for lab, ts in terms.items()}
+
+
+def read_lexicon(model_dir: str | Path) -> dict[str, list[str]] | None:
+    """The lexicon.json a training run wrote beside its model, or None (a model trained elsewhere)."""
+    path = Path(model_dir) / LEXICON_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(t, str) for t in v)
+                                               for v in data.values())):
+            raise ValueError("expected {label: [term, ...]}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a lexicon ({e})") from None
+    return data
+
+
+def extend_to_terms(norm: NormalizedText, spans: list[PredictedSpan],
+                    lexicon: dict[str, list[str]] | None) -> list[PredictedSpan]:
+    """A predicted ENTITY or METRIC that lies strictly inside an occurrence of a term the training data
+    labelled the same way is extended to the whole term (the longest such occurrence) unless that would
+    reach into a neighbouring span: 快手科 -> 快手科技, 他服务收入 -> 其他服务收入, 经调整净利 -> 经调整净利润. Terms
+    are matched in the normalized text (Traditional and Simplified alike). Spans are never shortened: a
+    term inside a longer prediction says nothing about where the prediction should end (measured: shrinking
+    to terms costs 0.05 micro F1 in cross-validation)."""
+    if not lexicon or not spans:
+        return spans
+    text = norm.text
+    occurrences: dict[str, list[tuple[int, int]]] = {}
+    longest: dict[str, int] = {}
+    for lab in LEXICON_LABELS:
+        found = set()
+        for term in lexicon.get(lab, ()):
+            i = text.find(term)
+            while i >= 0:
+                found.add(norm.span_to_original(i, i + len(term)))
+                i = text.find(term, i + 1)
+        occurrences[lab] = sorted(found)
+        longest[lab] = max((e - s for s, e in found), default=0)
+    starts = {lab: [s for s, _ in occ] for lab, occ in occurrences.items()}
+    orig = norm.original
+    out: list[PredictedSpan] = []
+    for k, sp in enumerate(spans):
+        occ = occurrences.get(sp.label)
+        if occ:
+            lo = bisect.bisect_left(starts[sp.label], sp.end - longest[sp.label])
+            hi = bisect.bisect_right(starts[sp.label], sp.start)
+            best = max(((e - s, s, e) for s, e in occ[lo:hi] if sp.end <= e and e - s > sp.end - sp.start),
+                       default=None)
+            if best is not None:
+                _, s, e = best
+                if (not out or out[-1].end <= s) and (k + 1 == len(spans) or e <= spans[k + 1].start):
+                    sp = PredictedSpan(s, e, sp.label, orig[s:e], sp.score)
+        out.append(sp)
+    return out
 
 
 def spans_to_tags(encoded: Encoded, spans: list[PredictedSpan]) -> list[str]:

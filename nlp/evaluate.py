@@ -96,8 +96,9 @@ class Evaluation:
 
 
 def evaluate_model(model, tokenizer, docs: list[Document], max_length: int, stride: int,
-                   batch_size: int = 16) -> Evaluation:
-    """Predict every document (windows merged) and score it against its gold spans."""
+                   batch_size: int = 16, lexicon: dict[str, list[str]] | None = None) -> Evaluation:
+    """Predict every document (windows merged, decoded with the training `lexicon` when given) and score it
+    against its gold spans."""
     if not docs:
         raise ValueError("no documents to evaluate")
     id2tag = {int(k): v for k, v in model.config.id2label.items()}
@@ -109,7 +110,7 @@ def evaluate_model(model, tokenizer, docs: list[Document], max_length: int, stri
         g_ids, n_str = token_tags(enc, char_spans_to_normalized(doc, enc.norm))
         straddles += n_str
         gold_tags.append([TAGS[t] for t in g_ids if t >= 0])
-        spans = decode(enc, logits, id2tag)
+        spans = decode(enc, logits, id2tag, lexicon)
         pred_tags.append(spans_to_tags(enc, spans))
         predictions[doc.doc] = spans
         gold_spans.append([(s.start, s.end, s.label) for s in doc.spans])

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .align import PredictedSpan, decode, predict_documents
+from .align import PredictedSpan, decode, predict_documents, read_lexicon
 from .config import check_model_dir, run_settings
 
 
@@ -71,6 +71,7 @@ class Extractor:
         self.id2tag = {int(k): v for k, v in self.model.config.id2label.items()}
         settings = run_settings(model_dir, max_length, stride)
         self.max_length, self.stride = settings["max_length"], settings["stride"]
+        self.lexicon = read_lexicon(model_dir)  # training terms (lexicon.json), None for models trained elsewhere
         self.batch_size = batch_size
         self.with_facts = facts
         self._lock = threading.Lock()
@@ -79,7 +80,7 @@ class Extractor:
         with self._lock:
             results = predict_documents(self.model, self.tokenizer, texts, self.max_length, self.stride,
                                         self.batch_size, self.device)
-        return [decode(enc, logits, self.id2tag) for enc, logits in results]
+        return [decode(enc, logits, self.id2tag, self.lexicon) for enc, logits in results]
 
     def _finish(self, text: str, spans: list[PredictedSpan], doc: str | None) -> ExtractedDoc:
         facts = []

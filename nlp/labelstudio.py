@@ -287,7 +287,7 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int | None = No
     import numpy as np
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from .align import decode, predict_documents, softmax
+    from .align import decode, predict_documents, read_lexicon, softmax
     from .config import run_settings
 
     model_dir = check_model_dir(model_dir)
@@ -299,9 +299,10 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int | None = No
     bad = sorted(set(v.split("-", 1)[-1] for v in id2tag.values() if v != "O") - set(LABELS))
     if bad:
         raise LabelStudioError(f"{model_dir}: the model predicts labels outside the schema: {', '.join(bad)}")
+    lexicon = read_lexicon(model_dir)
     out = []
     for enc, logits in predict_documents(model, tok, texts, max_length, stride, batch_size):
-        spans = decode(enc, logits, id2tag)
+        spans = decode(enc, logits, id2tag, lexicon)
         if spans:
             score = float(np.mean([s.score for s in spans]))
         elif len(logits):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import TAG2ID, TAGS, char_spans_to_normalized, encode, make_windows, token_tags
+from .align import (LEXICON_FILE, TAG2ID, TAGS, build_lexicon, char_spans_to_normalized, encode, make_windows,
+                    read_lexicon, token_tags)
 from .annotations import LABELS, Document, atomic_write_json, atomic_write_text, load_corpus, read_json
 from .config import RunConfig, dump_config, to_dict
 from .evaluate import Evaluation, evaluate_model, pooled, summary_line, write_report
@@ -191,6 +192,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     docs = load_corpus(dc.annotations)
     train_docs, dev_docs = split_documents(docs, dc.dev_docs)
+    lexicon = build_lexicon(train_docs)  # the training terms decoding extends fragments to (align.extend_to_terms)
+    if main:
+        atomic_write_json(out_dir / LEXICON_FILE, lexicon)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     if tc.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -286,7 +290,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 running, n_running = 0.0, 0
                 if dev_docs and main:
                     ev = evaluate_model(accelerator.unwrap_model(model), tokenizer, dev_docs, dc.max_length,
-                                        dc.stride)
+                                        dc.stride, lexicon=lexicon)
                     model.train()
                     f1 = ev.seqeval["micro"]["f1"]
                     record["dev"] = {lab: round(ev.seqeval[lab]["f1"], 4) for lab in (*LABELS, "micro")}
@@ -339,7 +343,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     return result
 
 
-RUN_OUTPUTS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+RUN_OUTPUTS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", LEXICON_FILE,
                "special_tokens_map.json", "config.yaml", "metrics.jsonl", "curves.png", "eval.json", "eval.md",
                "predictions.json", "train_summary.json", "README.md")
 
@@ -476,7 +480,8 @@ def _score_saved(model_dir: Path, cfg: RunConfig, docs: list[Document]) -> Evalu
 
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return evaluate_model(model, tokenizer, docs, cfg.data.max_length, cfg.data.stride)
+    return evaluate_model(model, tokenizer, docs, cfg.data.max_length, cfg.data.stride,
+                          lexicon=read_lexicon(model_dir))
 
 
 def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, log=print,
@@ -500,6 +505,8 @@ def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, l
         done = _finished_fold(fold_dir, fold_cfg) if reuse else None
         if done is not None:
             log(f"== fold: held-out {d} (trained before: scoring {fold_dir})")
+            if not (fold_dir / LEXICON_FILE).is_file():  # a fold trained before lexicons: its training terms
+                atomic_write_json(fold_dir / LEXICON_FILE, build_lexicon([x for x in docs if x.doc != d]))
             dev = _score_saved(fold_dir, fold_cfg, [x for x in docs if x.doc == d])
             write_report(dev, fold_dir, title=f"Evaluation on {d}")
             folds.append({"doc": d, "best_step": done["best_step"], "seconds": done["seconds"],

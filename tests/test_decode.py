@@ -127,3 +127,53 @@ def test_mentions_without_a_figure_in_their_sentence_are_dropped():
     # second sentence have no figure
     assert got == [("2024年第三季度", "PERIOD", 0), ("第三季度", "PERIOD", third), ("快手", "ENTITY", third + 4),
                    ("总营收", "METRIC", third + 6), ("311亿元", "VALUE", third + 9)]
+
+
+def _lexicon_without(name: str):
+    from nlp.align import build_lexicon
+
+    return build_lexicon([d for d in load_corpus(GOLD) if d.doc != name])
+
+
+def test_fragments_are_extended_to_the_training_terms():
+    """Fragments the fold models of cross-validation really predicted on seeds 000 and 001 (BENCHMARKS.md),
+    extended to the terms the other four seeds label: Simplified text and Traditional text alike."""
+    from nlp.align import extend_to_terms
+    from nlp.reader import normalize
+
+    docs = {d.doc[:3]: d for d in load_corpus(GOLD)}
+    text = docs["000"].text
+    lexicon = _lexicon_without(docs["000"].doc)
+    assert "其他服务收入" in lexicon["METRIC"] and "快手科技" in lexicon["ENTITY"]
+    head = text.index("快手科技")
+    other = text.index("其他服务收入") + 1
+    spans = [_sp(text, "快手科", "ENTITY", head), _sp(text, "他服务收入", "METRIC", other)]
+    got = extend_to_terms(normalize(text), spans, lexicon)
+    assert [(s.text, s.label) for s in got] == [("快手科技", "ENTITY"), ("其他服务收入", "METRIC")]
+    assert all(text[s.start:s.end] == s.text for s in got)
+    # never shortened; not extended into a neighbouring span; nothing without a lexicon
+    long = _sp(text, "其他服务收入", "METRIC", other - 1)
+    assert extend_to_terms(normalize(text), [long], {"METRIC": ["服务收入"]}) == [long]
+    blocked = [_sp(text, "其", "VALUE", other - 1), _sp(text, "他服务收入", "METRIC", other)]
+    assert extend_to_terms(normalize(text), blocked, lexicon) == blocked
+    assert extend_to_terms(normalize(text), spans, None) == spans
+
+    # Traditional characters with pinyin glosses: matched through the normalized text (经调整净利润)
+    trad = docs["001"].text
+    got = extend_to_terms(normalize(trad), [_sp(trad, "經(jīng)調(diào)整凈利", "METRIC")],
+                          _lexicon_without(docs["001"].doc))
+    assert [s.text for s in got] == ["經(jīng)調(diào)整凈利潤"]
+
+
+def test_every_gold_entity_and_metric_is_a_fixed_point_of_the_term_extension():
+    """Each document's gold spans through the extension with the lexicon of the other four (what a
+    cross-validation fold sees): not one changes."""
+    from nlp.align import extend_to_terms
+    from nlp.reader import normalize
+
+    n = 0
+    for doc in load_corpus(GOLD):
+        spans = [PredictedSpan(s.start, s.end, s.label, s.text, 1.0) for s in sorted(doc.spans)]
+        assert extend_to_terms(normalize(doc.text), spans, _lexicon_without(doc.doc)) == spans
+        n += sum(s.label in ("ENTITY", "METRIC") for s in spans)
+    assert n == 72 + 304

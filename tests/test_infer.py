@@ -74,6 +74,7 @@ def test_pipe_threads_and_loading_twice_agree(extractor, smoke_run):
     one_by_one = [extractor(t).to_dict() for t in texts]
     assert [d.to_dict() for d in extractor.pipe(texts, batch_size=2)] == one_by_one
     second = load(smoke_run[1])
+    assert second.lexicon == extractor.lexicon and "经调整净利润" in extractor.lexicon["METRIC"]  # lexicon.json
     results = [None] * len(texts)
 
     def work(i):
@@ -130,10 +131,20 @@ def test_extract_cli_formats_and_stdin(smoke_run, tmp_path):
             assert text[int(r["value_start"]):int(r["value_end"])] == r["value_text"]
 
 
-def test_latest_run_and_missing_model(tmp_path, smoke_run):
+def test_latest_run_and_missing_model(tmp_path):
+    import os
+
     with pytest.raises(FileNotFoundError, match="no trained model under"):
         latest_run(tmp_path)
-    assert latest_run(smoke_run[1].parent) == smoke_run[1]
+    for i, name in enumerate(("old", "new", "new/checkpoint", ".model.tmp", "no-config")):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"")
+        if name != "no-config":
+            (d / "config.json").write_text("{}")
+        os.utime(d / "model.safetensors", (1e9 + i, 1e9 + i))  # later runs written later
+    # the newest finished model: not a checkpoint, a half-moved temporary folder or a folder without config
+    assert latest_run(tmp_path / "runs") == tmp_path / "runs" / "new"
 
 
 @pytest.mark.parametrize("n,body,stride", [(1, 126, 32), (126, 126, 32), (127, 126, 32), (1000, 126, 32),

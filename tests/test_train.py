@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nlp.align import TAGS
+from nlp.align import TAGS, build_lexicon, read_lexicon
 from nlp.annotations import load_corpus
 from nlp.config import load_config
 from nlp.evaluate import evaluate_model
@@ -66,6 +66,24 @@ def test_run_directory_is_a_complete_hf_model(smoke_run):
     assert isinstance(tagger("快手三季度营收311亿元，同比增长11.4%。"), list)
 
 
+def test_run_writes_the_training_terms_beside_the_model(smoke_run, tmp_path):
+    """lexicon.json holds the ENTITY and METRIC terms of the TRAINING documents only (decoding extends
+    fragments to them); a broken one is refused with its path."""
+    cfg, out, _ = smoke_run
+    docs = load_corpus(GOLD)
+    train_docs = [d for d in docs if d.doc not in cfg.data.dev_docs]
+    lexicon = read_lexicon(out)
+    assert lexicon == build_lexicon(train_docs)
+    assert "经调整净利润" in lexicon["METRIC"] and "快手" in lexicon["ENTITY"]
+    dev_only = ({s.text for d in docs if d.doc in cfg.data.dev_docs for s in d.spans if s.label == "METRIC"}
+                - {s.text for d in train_docs for s in d.spans})
+    assert dev_only and not dev_only & set(lexicon["METRIC"])
+    assert read_lexicon(tmp_path) is None  # a model trained elsewhere: no extension
+    (tmp_path / "lexicon.json").write_text('{"METRIC": "收入"}', encoding="utf-8")
+    with pytest.raises(ValueError, match="lexicon.json: not a lexicon"):
+        read_lexicon(tmp_path)
+
+
 def test_saved_model_reloads_to_identical_predictions(smoke_run):
     cfg, out, result = smoke_run
     from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -73,7 +91,7 @@ def test_saved_model_reloads_to_identical_predictions(smoke_run):
     dev = [d for d in load_corpus(GOLD) if d.doc in cfg.data.dev_docs]
     model = AutoModelForTokenClassification.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    ev = evaluate_model(model, tok, dev, cfg.data.max_length, cfg.data.stride)
+    ev = evaluate_model(model, tok, dev, cfg.data.max_length, cfg.data.stride, lexicon=read_lexicon(out))
     saved = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     again = {k: [{"start": s.start, "end": s.end, "label": s.label} for s in v] for k, v in ev.predictions.items()}
     assert again == {k: [{x: s[x] for x in ("start", "end", "label")} for s in v] for k, v in saved.items()}
