@@ -69,10 +69,18 @@ def figure_token_ranges(encoded: Encoded) -> list[tuple[int, int]]:
     (Arabic or Chinese digit, 翻倍; `annotations._HAS_NUMERAL`). A sentence without one can hold no VALUE
     (`value_extent` drops numeral-less spans) and no PERIOD naming a year, so `_figure_sentences_only` would
     drop every span predicted in it: prediction does not read it. Sentences are those of the rule, on the
-    ORIGINAL text. On the seeds this skips 30% of the characters (BENCHMARKS.md)."""
+    ORIGINAL text; consecutive kept sentences form one range (line breaks between them included), so a
+    window still holds several sentences. On the seeds this skips about 30% of the text (BENCHMARKS.md)."""
     orig, norm = encoded.norm.original, encoded.norm
-    kept_orig: list[tuple[int, int]] = [(m.start(), m.end()) for m in _SENTENCE.finditer(orig)
-                                        if _HAS_NUMERAL.search(m.group())]
+    kept_orig: list[tuple[int, int]] = []  # runs of consecutive kept sentences, the line breaks between included
+    previous_kept = False
+    for m in _SENTENCE.finditer(orig):
+        keep = _HAS_NUMERAL.search(m.group()) is not None
+        if keep and previous_kept:
+            kept_orig[-1] = (kept_orig[-1][0], m.end())
+        elif keep:
+            kept_orig.append((m.start(), m.end()))
+        previous_kept = keep
     starts = [a for a, _ in kept_orig]
 
     def kept(pos: int) -> bool:  # original position inside a kept sentence
@@ -135,7 +143,7 @@ def make_windows(tokenizer, encoded: Encoded, max_length: int, stride: int, doc_
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     n = len(encoded.ids)
     if sentences:
-        bounds = sentence_window_bounds(encoded, body, stride, ranges=ranges) if n else [(0, 0)]
+        bounds = sentence_window_bounds(encoded, body, stride, ranges=ranges) if n else []
     else:
         bounds = [(s, min(s + body, n)) for s in window_starts(n, body, stride)]
     out = []
@@ -418,34 +426,31 @@ def extend_to_terms(norm: NormalizedText, spans: list[PredictedSpan],
     labelled the same way is extended to the whole term (the longest such occurrence) unless that would
     reach into a neighbouring span: 快手科 -> 快手科技, 他服务收入 -> 其他服务收入, 经调整净利 -> 经调整净利润. Terms
     are matched in the normalized text (Traditional and Simplified alike). Spans are never shortened: a
-    term inside a longer prediction says nothing about where the prediction should end (measured: shrinking
-    to terms costs 0.05 micro F1 in cross-validation)."""
+    term inside a longer prediction says nothing about where the prediction should end (shrinking to terms
+    cost 0.05 micro F1 in cross-validation). Cost: the substrings around each span up to the longest term,
+    whatever the size of the lexicon or the text."""
     if not lexicon or not spans:
         return spans
-    text = norm.text
-    occurrences: dict[str, list[tuple[int, int]]] = {}
-    longest: dict[str, int] = {}
-    for lab in LEXICON_LABELS:
-        found = set()
-        for term in lexicon.get(lab, ()):
-            i = text.find(term)
-            while i >= 0:
-                found.add(norm.span_to_original(i, i + len(term)))
-                i = text.find(term, i + 1)
-        occurrences[lab] = sorted(found)
-        longest[lab] = max((e - s for s, e in found), default=0)
-    starts = {lab: [s for s, _ in occ] for lab, occ in occurrences.items()}
-    orig = norm.original
+    terms = {lab: set(lexicon.get(lab, ())) for lab in LEXICON_LABELS}
+    longest = {lab: max(map(len, ts), default=0) for lab, ts in terms.items()}
+    text, orig = norm.text, norm.original
     out: list[PredictedSpan] = []
     for k, sp in enumerate(spans):
-        occ = occurrences.get(sp.label)
-        if occ:
-            lo = bisect.bisect_left(starts[sp.label], sp.end - longest[sp.label])
-            hi = bisect.bisect_right(starts[sp.label], sp.start)
-            best = max(((e - s, s, e) for s, e in occ[lo:hi] if sp.end <= e and e - s > sp.end - sp.start),
-                       default=None)
+        ts = terms.get(sp.label)
+        if ts:
+            try:
+                ns, ne = norm.span_to_normalized(sp.start, sp.end)
+            except ValueError:  # nothing of it is in the model's text
+                out.append(sp)
+                continue
+            width, best = longest[sp.label], None
+            for a in range(max(0, ne - width), ns + 1):
+                for b in range(min(len(text), a + width), max(ne, a + 1) - 1, -1):  # longest first
+                    if b - a > ne - ns and text[a:b] in ts and (best is None or b - a > best[1] - best[0]):
+                        best = (a, b)
+                        break
             if best is not None:
-                _, s, e = best
+                s, e = norm.span_to_original(*best)
                 if (not out or out[-1].end <= s) and (k + 1 == len(spans) or e <= spans[k + 1].start):
                     sp = PredictedSpan(s, e, sp.label, orig[s:e], sp.score)
         out.append(sp)
@@ -554,7 +559,9 @@ def predict_documents(model, tokenizer, texts: list[str], max_length: int, strid
         per_doc[w.doc_index].append(i)
     results = []
     n_tags = model.config.num_labels
-    o_index = int((model.config.label2id or {}).get("O", 0))
+    o_index = next((int(i) for i, tag in model.config.id2label.items() if tag == "O"), None)
+    if o_index is None:
+        raise ValueError(f"the model's labels have no O tag: {sorted(model.config.id2label.values())}")
     for d, enc in enumerate(encs):
         results.append((enc, merge_window_logits(len(enc.ids), [windows[i] for i in per_doc[d]],
                                                  [logits[i] for i in per_doc[d]], n_tags, o_index)))

@@ -102,6 +102,7 @@ def cmd_cv(args) -> int:
 def cmd_evaluate(args) -> int:
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
+    from .align import read_lexicon
     from .annotations import load_corpus
     from .evaluate import evaluate_model, summary_line, write_report
 
@@ -125,7 +126,8 @@ def cmd_evaluate(args) -> int:
     settings = run_settings(model_dir, args.max_length, args.stride)  # the training windows unless overridden
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    ev = evaluate_model(model, tok, docs, settings["max_length"], settings["stride"], args.batch_size)
+    ev = evaluate_model(model, tok, docs, settings["max_length"], settings["stride"], args.batch_size,
+                        lexicon=read_lexicon(model_dir))
     out = Path(args.out) if args.out else model_dir / "evaluation"
     write_report(ev, out, f"Evaluation of {model_dir}")
     print(ev.markdown(f"Evaluation of {model_dir}"))

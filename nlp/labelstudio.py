@@ -23,7 +23,8 @@
     train``): the spans of :func:`nlp.align.predict_documents` + :func:`nlp.align.decode` at original offsets,
     each with its score; ``model_version`` = the model directory's name. The task's score is the mean span
     score (a span's score is the mean probability of its tokens' tags); a document without any predicted span
-    gets the mean probability of the predicted tag over all its tokens. Uncertainty sampling: new tasks are
+    gets the mean probability of the predicted tag over the tokens the model read (sentences with a numeral;
+    1.0 when there are none: nothing to annotate). Uncertainty sampling: new tasks are
     imported in ascending score order (least confident first, ties by name), so task ids, the Data Manager's
     default order and "Sequential sampling" put the least confident documents first; the project is also
     switched to Label Studio's own "Uncertainty sampling" with its ``model_version`` set to this model, which
@@ -283,11 +284,12 @@ class Prediction:
 def predict(model_dir: str | Path, texts: list[str], max_length: int | None = None, stride: int | None = None,
             batch_size: int = 16) -> list[Prediction]:
     """Spans (original offsets, with scores) of a saved token-classification model, and each text's score:
-    the mean span score, or the mean predicted-tag probability over all tokens when no span is predicted."""
+    the mean span score, or the mean predicted-tag probability over the tokens read when no span is
+    predicted."""
     import numpy as np
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from .align import decode, predict_documents, read_lexicon, softmax
+    from .align import decode, figure_token_ranges, predict_documents, read_lexicon, softmax
     from .config import run_settings
 
     model_dir = check_model_dir(model_dir)
@@ -303,11 +305,12 @@ def predict(model_dir: str | Path, texts: list[str], max_length: int | None = No
     out = []
     for enc, logits in predict_documents(model, tok, texts, max_length, stride, batch_size):
         spans = decode(enc, logits, id2tag, lexicon)
+        read = [t for a, b in figure_token_ranges(enc) for t in range(a, b)]  # the tokens the model saw
         if spans:
             score = float(np.mean([s.score for s in spans]))
-        elif len(logits):
-            score = float(np.mean(softmax(logits).max(-1)))
-        else:
+        elif read:
+            score = float(np.mean(softmax(logits[read]).max(-1)))
+        else:  # no sentence that could hold a figure: nothing to annotate
             score = 1.0
         out.append(Prediction(spans, round(score, 6)))
     return out
