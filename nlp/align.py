@@ -427,8 +427,8 @@ def extend_to_terms(norm: NormalizedText, spans: list[PredictedSpan],
     reach into a neighbouring span: 快手科 -> 快手科技, 他服务收入 -> 其他服务收入, 经调整净利 -> 经调整净利润. Terms
     are matched in the normalized text (Traditional and Simplified alike). Spans are never shortened: a
     term inside a longer prediction says nothing about where the prediction should end (shrinking to terms
-    cost 0.06 micro F1 in cross-validation, BENCHMARKS.md). Cost: the substrings around each span up to the longest term,
-    whatever the size of the lexicon or the text."""
+    cost 0.06 micro F1 in cross-validation, BENCHMARKS.md). Cost: the substrings around each span up to the
+    longest term, whatever the size of the lexicon or the text."""
     if not lexicon or not spans:
         return spans
     terms = {lab: set(lexicon.get(lab, ())) for lab in LEXICON_LABELS}
