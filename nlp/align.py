@@ -263,7 +263,8 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
       `annotations.value_extent`) and dropped when it holds no numeral; a span wholly inside the snapped
       expression (人民币 tagged METRIC) is absorbed, one it cuts into loses the overlap, and where that is
       not possible the VALUE keeps its decoded bounds.
-    - A METRIC loses a trailing linking verb (`_trim_metric`); a one-character ENTITY, METRIC or PERIOD (快
+    - A METRIC loses a trailing linking verb (`_trim_metric`) and a leading 集团 / 本公司 (`_metric_head`,
+      the guideline leaves the entity out); a one-character ENTITY, METRIC or PERIOD (快
       of 快手, 二 of 二季度) is a fragment and is dropped (the gold spans have none); a PERIOD gets back the
       deictic word right before it (季度 -> 该季度).
     - An ENTITY, METRIC or PERIOD in a sentence without a VALUE is dropped (`_figure_sentences_only`).
@@ -317,7 +318,8 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
             cut = _trim_metric(text, new.start, new.end)
             if cut <= new.start:
                 continue
-            new = PredictedSpan(new.start, cut, new.label, text[new.start:cut], new.score)
+            head = _metric_head(text, new.start, cut)
+            new = PredictedSpan(head, cut, new.label, text[head:cut], new.score)
         if new.label == "PERIOD" and new.start > 0 and text[new.start - 1] in _DEICTIC \
                 and _PERIOD_HEAD.match(new.text) and not (out and out[-1][0].end >= new.start):
             new = PredictedSpan(new.start - 1, new.end, new.label, text[new.start - 1:new.end], new.score)
@@ -348,6 +350,18 @@ _DEICTIC = "该該本上当當今去同前"
 _PERIOD_HEAD = re.compile(r"季度|季|年|月|期|半年|周|週")
 
 _METRIC_TAIL = re.compile(r"(?:达到|達到|达|達|为|為|至|到|约|約|是|了|[ \t\u00a0\u3000])+$")
+
+
+# 集团总收入, 集团层面的净利润, 本公司的毛利: the group (本集团 / 本公司 is an ENTITY in filings) is not part of the
+# METRIC (guideline: leave out possessives and the entity; 11 mentions of 集团 in the seeds, none inside a span)
+_METRIC_LEAD = re.compile(r"(?:本?集[ \t\u00a0\u3000]*团|本?公[ \t\u00a0\u3000]*司)(?:[ \t\u00a0\u3000]*层[ \t\u00a0\u3000]*面)?"
+                          r"[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
+
+
+def _metric_head(text: str, start: int, end: int) -> int:
+    """Start of a METRIC span without a leading 集团 / 本公司 (层面)(的), if two characters or more remain."""
+    m = _METRIC_LEAD.match(text, start, end)
+    return m.end() if m and end - m.end() >= 2 else start
 
 
 def _trim_metric(text: str, start: int, end: int) -> int:
