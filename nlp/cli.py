@@ -100,13 +100,9 @@ def cmd_cv(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    from .align import read_lexicon
     from .annotations import load_corpus
-    from .evaluate import evaluate_model, summary_line, write_report
-
-    from .config import check_model_dir, run_settings
+    from .config import check_model_dir
+    from .evaluate import evaluate_saved, summary_line, write_report
 
     try:
         model_dir = check_model_dir(args.model)
@@ -123,11 +119,7 @@ def cmd_evaluate(args) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    settings = run_settings(model_dir, args.max_length, args.stride)  # the training windows unless overridden
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    ev = evaluate_model(model, tok, docs, settings["max_length"], settings["stride"], args.batch_size,
-                        lexicon=read_lexicon(model_dir))
+    ev = evaluate_saved(model_dir, docs, args.max_length, args.stride, args.batch_size)  # windows as trained
     out = Path(args.out) if args.out else model_dir / "evaluation"
     write_report(ev, out, f"Evaluation of {model_dir}")
     print(ev.markdown(f"Evaluation of {model_dir}"))

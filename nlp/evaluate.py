@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import (TAGS, PredictedSpan, char_spans_to_normalized, decode, predict_documents, spans_to_tags,
-                    token_tags)
+from .align import (TAGS, PredictedSpan, char_spans_to_normalized, decode, predict_documents, read_lexicon,
+                    spans_to_tags, token_tags)
 from .annotations import LABELS, Document, atomic_write_json, atomic_write_text
 
 
@@ -118,6 +118,21 @@ def evaluate_model(model, tokenizer, docs: list[Document], max_length: int, stri
     return Evaluation(seqeval=seqeval_scores(gold_tags, pred_tags), spans=span_scores(gold_spans, pred_spans),
                       predictions=predictions, straddles=straddles, gold_tags=gold_tags, pred_tags=pred_tags,
                       gold_spans=gold_spans, pred_spans=pred_spans)
+
+
+def evaluate_saved(model_dir: str | Path, docs: list[Document], max_length: int | None = None,
+                   stride: int | None = None, batch_size: int = 16) -> Evaluation:
+    """`evaluate_model` for a saved model directory: its windows (`config.run_settings`: given, else as
+    trained) and its training terms (lexicon.json), so that it scores what `nlp extract` returns."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from .config import run_settings
+
+    settings = run_settings(Path(model_dir), max_length, stride)
+    model = AutoModelForTokenClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return evaluate_model(model, tokenizer, docs, settings["max_length"], settings["stride"], batch_size,
+                          lexicon=read_lexicon(model_dir))
 
 
 def pooled(evals: list[Evaluation]) -> Evaluation:

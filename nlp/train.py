@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .align import (LEXICON_FILE, TAG2ID, TAGS, build_lexicon, char_spans_to_normalized, encode, make_windows,
-                    read_lexicon, token_tags)
+                    token_tags)
 from .annotations import LABELS, Document, atomic_write_json, atomic_write_text, load_corpus, read_json
 from .config import RunConfig, dump_config, to_dict
-from .evaluate import Evaluation, evaluate_model, pooled, summary_line, write_report
+from .evaluate import Evaluation, evaluate_model, evaluate_saved, pooled, summary_line, write_report
 
 STATE_FILE = "trainer_state.json"
 CKPT_DIR = "checkpoint"
@@ -475,15 +475,6 @@ def _finished_fold(fold_dir: Path, fold_cfg: RunConfig) -> dict | None:
     return read_json(summary) if same else None
 
 
-def _score_saved(model_dir: Path, cfg: RunConfig, docs: list[Document]) -> Evaluation:
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return evaluate_model(model, tokenizer, docs, cfg.data.max_length, cfg.data.stride,
-                          lexicon=read_lexicon(model_dir))
-
-
 def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, log=print,
                    reuse: bool = False) -> dict:
     """Leave-one-document-out: for each document, train on the others for the configured epochs and
@@ -505,9 +496,10 @@ def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, l
         done = _finished_fold(fold_dir, fold_cfg) if reuse else None
         if done is not None:
             log(f"== fold: held-out {d} (trained before: scoring {fold_dir})")
+            train_docs, dev_docs = split_documents(docs, [d])
             if not (fold_dir / LEXICON_FILE).is_file():  # a fold trained before lexicons: its training terms
-                atomic_write_json(fold_dir / LEXICON_FILE, build_lexicon([x for x in docs if x.doc != d]))
-            dev = _score_saved(fold_dir, fold_cfg, [x for x in docs if x.doc == d])
+                atomic_write_json(fold_dir / LEXICON_FILE, build_lexicon(train_docs))
+            dev = evaluate_saved(fold_dir, dev_docs, fold_cfg.data.max_length, fold_cfg.data.stride)
             write_report(dev, fold_dir, title=f"Evaluation on {d}")
             folds.append({"doc": d, "best_step": done["best_step"], "seconds": done["seconds"],
                           "samples_per_second": done["samples_per_second"],

@@ -158,7 +158,8 @@ def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
     exactly the fold's configuration; its score is the one the run itself reported for the saved model."""
     import copy
 
-    from nlp.train import _finished_fold, _score_saved
+    from nlp.evaluate import evaluate_saved
+    from nlp.train import _finished_fold
 
     cfg, out, res = smoke_run
     done = _finished_fold(out, cfg)
@@ -171,7 +172,7 @@ def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
     moved.data.dev_docs = ["000_bf5218bb65c99514.txt"]
     assert _finished_fold(out, moved) is None
     dev = [d for d in load_corpus(GOLD) if d.doc in cfg.data.dev_docs]
-    ev = _score_saved(out, cfg, dev)
+    ev = evaluate_saved(out, dev, cfg.data.max_length, cfg.data.stride)
     assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
 
 
