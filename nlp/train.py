@@ -164,9 +164,11 @@ def _save_model_atomic(model, tokenizer, out_dir: Path) -> None:
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          log=print) -> TrainResult:
+          log=print, checkpoints: bool = True) -> TrainResult:
     """Train as `cfg` says, writing everything into `out_dir`. With `resume`, continue from the last
-    checkpoint in `out_dir` (same config) after a kill."""
+    checkpoint in `out_dir` (same config) after a kill. `checkpoints=False` writes no resumable checkpoint
+    (cross-validation folds: a fold is trained again rather than resumed, and a checkpoint of a model whose
+    embeddings train is ~0.7 GB, written at every evaluation)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -288,6 +290,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                           "train_loss": running / n_running, "lr": scheduler.get_last_lr()[0],
                           "elapsed_s": round(time.time() - t0, 1)}
                 running, n_running = 0.0, 0
+                ev = None
                 if dev_docs and main:
                     ev = evaluate_model(accelerator.unwrap_model(model), tokenizer, dev_docs, dc.max_length,
                                         dc.stride, lexicon=lexicon)
@@ -300,22 +303,30 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                         state.update(best_f1=f1, best_step=state["step"], bad_evals=0)
                     else:
                         state["bad_evals"] += 1
-                    if not tc.keep_best or state["best_step"] == state["step"]:
-                        best_eval = ev
-                        _save_model_atomic(accelerator.unwrap_model(model), tokenizer, out_dir)
-                        write_report(ev, out_dir, f"Dev evaluation (step {state['step']})")
                 elif main:
-                    _save_model_atomic(accelerator.unwrap_model(model), tokenizer, out_dir)
                     state.update(best_step=state["step"])
+                if tc.early_stopping_patience and state["bad_evals"] >= tc.early_stopping_patience:
+                    bar.write(f"early stopping: no better dev F1 in {state['bad_evals']} evaluations")
+                    stop = True
+                if main:
+                    if tc.keep_best and ev is not None:  # the best model so far, whenever there is a new one
+                        save = state["best_step"] == state["step"]
+                    else:  # the last model: when it is final or a checkpoint is about to hold it, not at every
+                        # evaluation (0.24 GB each)
+                        save = (stop or state["step"] >= total_steps
+                                or (checkpoints and state["step"] % save_every == 0))
+                    if not tc.keep_best or save:
+                        best_eval = ev
+                    if save:
+                        _save_model_atomic(accelerator.unwrap_model(model), tokenizer, out_dir)
+                        if ev is not None:
+                            write_report(ev, out_dir, f"Dev evaluation (step {state['step']})")
                 state["history"].append(record)
                 if main:
                     with open(metrics_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                if tc.early_stopping_patience and state["bad_evals"] >= tc.early_stopping_patience:
-                    bar.write(f"early stopping: no better dev F1 in {state['bad_evals']} evaluations")
-                    stop = True
                 stop = _on_all(accelerator, stop)
-            if state["step"] % save_every == 0 and not stop and state["step"] < total_steps:
+            if checkpoints and state["step"] % save_every == 0 and not stop and state["step"] < total_steps:
                 _checkpoint(accelerator, ckpt, state)
             if stop or state["step"] >= total_steps:
                 break
@@ -324,7 +335,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             state["batch_in_epoch"] = 0
     bar.close()
     train_seconds = time.time() - t_train
-    _checkpoint(accelerator, ckpt, state)
+    if checkpoints:
+        _checkpoint(accelerator, ckpt, state)
     if main:
         write_curves(state["history"], out_dir / "curves.png")
     result = TrainResult(out_dir=out_dir, best_f1=state["best_f1"], best_step=state["best_step"],
@@ -507,7 +519,7 @@ def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, l
             evals.append(dev)
             continue
         log(f"== fold: held-out {d}")
-        res = train(fold_cfg, fold_dir, progress=progress, log=log)
+        res = train(fold_cfg, fold_dir, progress=progress, log=log, checkpoints=False)
         if res.dev is None:
             raise RuntimeError(f"fold {d}: no dev evaluation was made")
         evals.append(res.dev)

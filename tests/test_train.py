@@ -176,6 +176,26 @@ def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
     assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
 
 
+def test_checkpoint_free_run_saves_only_its_last_model(tmp_path):
+    """A cross-validation fold (`checkpoints=False`, keep_best false) writes no resumable checkpoint and the
+    model once, at the end; the evaluation it returns is the last one, of the model it saved."""
+    import copy
+
+    from nlp.config import load_config
+    from nlp.evaluate import evaluate_saved
+    from nlp.train import train
+
+    cfg = copy.deepcopy(load_config(ROOT / "configs" / "smoke.yaml"))
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.keep_best = 6, 3, False
+    res = train(cfg, tmp_path, progress=False, log=lambda *a: None, checkpoints=False)
+    assert not (tmp_path / "checkpoint").exists()
+    assert [h["step"] for h in res.history] == [3, 6] and res.steps == 6
+    dev = [d for d in load_corpus(GOLD) if d.doc in cfg.data.dev_docs]
+    ev = evaluate_saved(tmp_path, dev, cfg.data.max_length, cfg.data.stride)
+    assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
+    assert res.history[-1]["dev_span_f1"] == pytest.approx(res.dev.spans["micro"]["f1"], abs=1e-4)
+
+
 def test_sentence_training_windows_keep_every_gold_tag():
     """data.train_windows: sentences cuts training windows where prediction cuts them; every token of every
     document still lands in a window with its gold tag."""
