@@ -177,30 +177,39 @@ def cmd_extract(args) -> int:
     if per_file:
         out.mkdir(parents=True, exist_ok=True)
     print(f"model: {model_dir}", file=sys.stderr)
-    extractor = load(model_dir, batch_size=args.batch_size, int8=args.int8)
+    extractor = load(model_dir, batch_size=args.batch_size, int8=args.int8, workers=args.workers)
     failed, results = 0, []
-    for path in tqdm(inputs, desc="extracting", unit="file", disable=args.quiet or len(inputs) < 2, file=sys.stderr):
+
+    def read(path: str) -> tuple[str, str] | None:
+        nonlocal failed
         try:
             if path == "-":
                 text = decode_bytes(sys.stdin.buffer.read(), "<stdin>")[0]
                 if not text.strip():
                     raise ReadError("<stdin>: empty")
-                name = "stdin"
-            else:
-                text = read_document(path)
-                name = Path(path).name
+                return "stdin", text
+            return Path(path).name, read_document(path)
         except ReadError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
-            continue
-        doc = extractor(text, doc=name)
-        results.append(doc)
-        if per_file:
-            stem = Path(name).stem
-            if args.format == "html":
-                atomic_write_text(out / f"{stem}.html", render_html(doc))
-            else:
-                atomic_write_json(out / f"{stem}.json", doc.to_dict())
+            return None
+
+    group = 32  # files read and extracted together (their windows share forward passes; bounded memory)
+    with tqdm(total=len(inputs), desc="extracting", unit="file", disable=args.quiet or len(inputs) < 2,
+              file=sys.stderr) as bar:
+        for g in range(0, len(inputs), group):
+            named = [r for r in map(read, inputs[g:g + group]) if r is not None]
+            docs = extractor.pipe([t for _, t in named], batch_size=group, docs=[n for n, _ in named])
+            for doc in docs:
+                results.append(doc)
+                if per_file:
+                    stem = Path(doc.doc).stem
+                    if args.format == "html":
+                        atomic_write_text(out / f"{stem}.html", render_html(doc))
+                    else:
+                        atomic_write_json(out / f"{stem}.json", doc.to_dict())
+            bar.update(len(inputs[g:g + group]))
+    extractor.close()
     if not per_file:
         if args.format == "json":
             body = json.dumps([d.to_dict() for d in results] if len(inputs) > 1 else
@@ -315,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="output file, or directory for one <input stem>.json/.html per input "
                                  "(default: standard output)")
     x.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    x.add_argument("--workers", type=int, default=None,
+                   help="processes for the CPU work around the forward pass: reading windows, decoding, facts "
+                        "(default: one per CPU core but one when the model runs on a GPU, none on a CPU)")
     x.add_argument("--int8", action="store_true",
                    help="CPU only: quantize the model's linear layers to int8 (faster; spans may differ slightly)")
     x.add_argument("--quiet", action="store_true", help="no progress bar")

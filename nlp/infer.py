@@ -10,16 +10,26 @@ Any length of input: the normalized text is tokenized once and cut into windows 
 (on the GPU when there is one); per-token logits are averaged where windows overlap and decoded with
 Viterbi plus the schema's boundary rules (`align.decode`); spans come back at ORIGINAL character offsets
 with a confidence score each.
+
+`pipe` on a GPU keeps the GPU for the forward pass alone: reading the text, tokenization and windows, and
+merging, decoding and fact building run in a pool of worker processes (`workers`; default: one per CPU core
+but one when the model is on a GPU, none on the CPU, where the forward pass already uses every core), so
+the CPU work of the next and the previous documents overlaps the GPU's.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .align import PredictedSpan, decode, predict_documents, read_lexicon
+import numpy as np
+
+from .align import (PredictedSpan, Window, decode, merge_window_logits, o_tag_index, predict_documents, predict_logits,
+                    prepare_document, read_lexicon)
 from .config import check_model_dir, run_settings
 
 
@@ -41,11 +51,15 @@ class Extractor:
     a lock per extractor (fast tokenizers must not be used from two threads at once).
 
     `int8=True` quantizes the linear layers to int8 for CPU inference (torch dynamic quantization): faster
-    on CPU, spans may differ slightly from the float model (BENCHMARKS.md has both)."""
+    on CPU, spans may differ slightly from the float model (BENCHMARKS.md has both).
+
+    `workers`: processes `pipe` uses for the CPU work around the forward pass (None: one per CPU core but
+    one on a GPU, 0 on the CPU). Started on the first `pipe` of more than one document and kept; `close()`
+    (or the end of the process) stops them. Output is the same with or without them."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, batch_size: int = 16,
                  max_length: int | None = None, stride: int | None = None, facts: bool = True,
-                 int8: bool = False):
+                 int8: bool = False, workers: int | None = None):
         import torch
         from transformers import AutoModelForTokenClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -74,6 +88,12 @@ class Extractor:
         self.lexicon = read_lexicon(model_dir)  # training terms (lexicon.json), None for models trained elsewhere
         self.batch_size = batch_size
         self.with_facts = facts
+        if workers is None:
+            workers = 0 if self.device.type == "cpu" else max(0, min(32, (os.cpu_count() or 1) - 1))
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, not {workers}")
+        self.workers = workers
+        self._pool = None
         self._lock = threading.Lock()
 
     def spans(self, texts: list[str]) -> list[list[PredictedSpan]]:
@@ -110,8 +130,117 @@ class Extractor:
             yield from self._flush(buf, names)
 
     def _flush(self, buf: list[str], names) -> Iterator[ExtractedDoc]:
+        if self.workers and len(buf) > 1:
+            yield from self._flush_parallel(buf, names)
+            return
         for text, spans in zip(buf, self.spans(buf)):
             yield self._finish(text, spans, next(names) if names is not None else None)
+
+    def _worker_state(self) -> dict:
+        return {"tokenizer": self.tokenizer, "max_length": self.max_length, "stride": self.stride,
+                "id2tag": self.id2tag, "lexicon": self.lexicon, "facts": self.with_facts,
+                "n_tags": self.model.config.num_labels, "o_index": o_tag_index(self.model.config.id2label)}
+
+    def _get_pool(self):
+        if self._pool is None:
+            import multiprocessing as mp
+
+            # fork: the workers start at once with the tokenizer in memory (they never touch the model)
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            before = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # each worker tokenizes on one thread
+            try:
+                self._pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(self._worker_state(),))
+            finally:
+                if before is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = before
+        return self._pool
+
+    def _flush_parallel(self, buf: list[str], names) -> Iterator[ExtractedDoc]:
+        """`buf` documents: windows cut in the pool `chunk` documents at a time, one chunk ahead of the
+        forward pass (this process, on the GPU); completed (merge, decode, facts) in the pool while the next
+        chunk's forward pass runs; yielded in input order. Only token ids go to this process and only logits
+        back (a worker tokenizes its document again rather than ship the encoding around: this process,
+        not the workers, is what limits throughput)."""
+        docs = [next(names) if names is not None else None for _ in buf]
+        with self._lock:
+            pool = self._get_pool()
+        chunk = max(1, self.workers)
+        starts = list(range(0, len(buf), chunk))
+        ahead = pool.map_async(_prepare, buf[:chunk])
+        pending: deque = deque()
+
+        def done(k: int, res) -> ExtractedDoc:
+            spans, facts = res.get()
+            return ExtractedDoc(doc=docs[k], text=buf[k], spans=spans, facts=facts)
+
+        for n, a in enumerate(starts):
+            prepared = ahead.get()
+            if n + 1 < len(starts):
+                ahead = pool.map_async(_prepare, buf[starts[n + 1]:starts[n + 1] + chunk])
+            windows = [Window(j, int(first), ids[o:o + m])
+                       for j, (ids, firsts, lengths) in enumerate(prepared)
+                       for first, o, m in zip(firsts, np.cumsum(lengths) - lengths, lengths)]
+            with self._lock:  # the model, as in `spans`
+                logits = predict_logits(self.model, windows, self.batch_size, self.tokenizer.pad_token_id,
+                                        self.device) if windows else []
+            i = 0
+            for j, (_, firsts, _) in enumerate(prepared):
+                lg = np.concatenate(logits[i:i + len(firsts)]) if len(firsts) else None
+                i += len(firsts)
+                pending.append((a + j, pool.apply_async(_complete, (buf[a + j], lg, docs[a + j]))))
+            while pending and (pending[0][1].ready() or len(pending) > 4 * chunk):
+                yield done(*pending.popleft())
+        while pending:
+            yield done(*pending.popleft())
+
+    def close(self) -> None:
+        """Stop the worker processes (if `pipe` started any)."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------- pool workers (module level: picklable)
+_WORKER: dict = {}
+
+
+def _worker_init(state: dict) -> None:
+    _WORKER.update(state)
+
+
+def _prepare(text: str):
+    """A document's windows, compact: (token ids of all windows one after the other, first token of each,
+    length of each)."""
+    w = _WORKER
+    _, windows = prepare_document(w["tokenizer"], text, w["max_length"], w["stride"])
+    ids = np.array([t for win in windows for t in win.input_ids], dtype=np.int64)
+    return (ids, np.array([win.first for win in windows], dtype=np.int64),
+            np.array([len(win.input_ids) for win in windows], dtype=np.int64))
+
+
+def _complete(text: str, logits, doc: str | None):
+    """Spans and facts of a document from its windows' logits (one after the other, as `_prepare` cut them)."""
+    w = _WORKER
+    enc, windows = prepare_document(w["tokenizer"], text, w["max_length"], w["stride"])
+    parts = np.split(logits, np.cumsum([len(win.input_ids) for win in windows])[:-1]) if windows else []
+    merged = merge_window_logits(len(enc.ids), windows, parts, w["n_tags"], w["o_index"])
+    spans = decode(enc, merged, w["id2tag"], w["lexicon"])
+    facts = []
+    if w["facts"]:
+        from .facts import build_facts
+
+        facts = build_facts(text, spans, doc=doc)
+    return spans, facts
 
 
 def load(model_dir: str | Path, **kwargs) -> Extractor:

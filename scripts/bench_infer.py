@@ -15,7 +15,10 @@ Texts: the five seed articles (their original text). Measured, best of --repeat 
 - the bare forward pass over the windows `nlp` uses (the floor for any implementation; sentences without a
   numeral are not read: `nlp.align.figure_token_ranges`).
 Peak memory (max RSS of this process) is printed at the end. With a GPU, --batch-sizes gives chars/s per
-batch size.
+batch size, and the stages are timed one by one on one process (preparation: normalization, tokenization,
+windows; the forward pass; completion: merging, decoding, fact building) to show where the time goes; end to
+end, `pipe` runs preparation and completion in --workers processes (default: the extractor's, one per core
+but one on a GPU, none on a CPU).
 """
 
 from __future__ import annotations
@@ -48,14 +51,17 @@ def main(argv=None) -> int:
     ap.add_argument("--copies", type=int, default=1, help="repeat the corpus N times (GPU: more work)")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the transformers pipeline comparison")
     ap.add_argument("--int8", action="store_true", help="CPU: dynamic int8 quantization of the linear layers")
+    ap.add_argument("--workers", type=int, default=None, help="worker processes of pipe (default: the extractor's)")
+    ap.add_argument("--stages", action="store_true", help="time preparation, forward pass and completion apart")
     args = ap.parse_args(argv)
 
     import torch
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from nlp.align import (Window, encode, figure_token_ranges, make_windows, pipeline_decode, pipeline_window_bounds,
-                           predict_logits)
+    from nlp.align import (Window, decode, merge_window_logits, o_tag_index, pipeline_decode, pipeline_window_bounds,
+                           predict_logits, prepare_document)
+    from nlp.facts import build_facts
     from nlp.infer import load
     from nlp.annotations import strip_span
     from nlp.reader import normalize, read_text
@@ -65,11 +71,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     texts = [read_text(p) for p in sorted((ROOT / "seeds").glob("*.txt"))] * args.copies
     n_chars = sum(len(t) for t in texts)
-    ex = load(args.model, int8=args.int8)
+    ex = load(args.model, int8=args.int8, workers=args.workers)
     print(f"model {args.model}; device {ex.device}; torch threads {torch.get_num_threads()}; "
           f"{len(texts)} texts, {n_chars} characters; windows of {ex.max_length} tokens, stride {ex.stride}"
-          f"{'; int8' if args.int8 else ''}")
+          f"{'; int8' if args.int8 else ''}; pipe workers {ex.workers}")
     ex.spans(texts[:1])  # warm-up
+    list(ex.pipe(texts[:2], batch_size=2))  # starts the worker processes, if any
     for bs in args.batch_sizes:
         ex.batch_size = bs
         t_full, docs = best_of(lambda: list(ex.pipe(texts, batch_size=len(texts))), args.repeat)
@@ -77,14 +84,30 @@ def main(argv=None) -> int:
         print(f"batch {bs:>3}: nlp end to end {n_chars / t_full:10.0f} chars/s ({t_full:.2f} s, "
               f"{sum(len(d.facts) for d in docs)} facts) | spans only {n_chars / t_spans:10.0f} chars/s")
 
-    encs = [encode(ex.tokenizer, t) for t in texts]
-    windows = [w for e in encs for w in make_windows(ex.tokenizer, e, ex.max_length, ex.stride, sentences=True,
-                                                     ranges=figure_token_ranges(e))]
-    t_fwd, _ = best_of(lambda: predict_logits(ex.model, windows, ex.batch_size, ex.tokenizer.pad_token_id,
-                                              ex.device), args.repeat)
+    t_prep, prepared = best_of(lambda: [prepare_document(ex.tokenizer, t, ex.max_length, ex.stride, doc_index=d)
+                                        for d, t in enumerate(texts)], args.repeat)
+    encs = [e for e, _ in prepared]
+    windows = [w for _, ws in prepared for w in ws]
+    t_fwd, logits = best_of(lambda: predict_logits(ex.model, windows, ex.batch_size, ex.tokenizer.pad_token_id,
+                                                   ex.device), args.repeat)
     n_tok = sum(len(w.input_ids) for w in windows)
-    print(f"bare forward pass: {n_chars / t_fwd:10.0f} chars/s, {n_tok / t_fwd:10.0f} tokens/s "
+    print(f"bare forward pass (batch {ex.batch_size}): {n_chars / t_fwd:10.0f} chars/s, {n_tok / t_fwd:10.0f} tokens/s "
           f"({len(windows)} windows, {n_tok} tokens incl. overlap and specials)")
+    if args.stages:
+        n_tags, o_index = ex.model.config.num_labels, o_tag_index(ex.model.config.id2label)
+
+        def complete():
+            i, out = 0, 0
+            for t, (e, ws) in zip(texts, prepared):
+                merged = merge_window_logits(len(e.ids), ws, logits[i:i + len(ws)], n_tags, o_index)
+                i += len(ws)
+                out += len(build_facts(t, decode(e, merged, ex.id2tag, ex.lexicon)))
+            return out
+
+        t_done, _ = best_of(complete, args.repeat)
+        print(f"stages on one process: preparation {n_chars / t_prep:10.0f} chars/s ({t_prep:.2f} s) | forward "
+              f"{n_chars / t_fwd:10.0f} chars/s ({t_fwd:.2f} s) | completion {n_chars / t_done:10.0f} chars/s "
+              f"({t_done:.2f} s)")
 
     if not args.no_pipeline:
         norm = [normalize(t) for t in texts]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nlp.align import TAGS, PredictedSpan, best_tags, tidy_spans
+from nlp.align import TAGS, PredictedSpan, _viterbi, best_tags, tidy_spans
 from nlp.annotations import load_corpus, value_extent
 
 from conftest import GOLD
@@ -48,6 +48,33 @@ def test_viterbi_output_is_always_valid_iob2():
     tags = [TAGS[i] for i in best_tags(lg, ID2TAG)[0]]
     assert tags == repair_iob2(tags)  # nothing to repair: every I-X continues an X
     assert best_tags(np.zeros((0, len(TAGS))), ID2TAG)[0] == []
+
+
+def _path_score(lg: np.ndarray, path: list[int]) -> float:
+    logp = np.log(np.maximum(np.exp(lg - lg.max(-1, keepdims=True)) /
+                             np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True), 1e-30))
+    return float(logp[np.arange(len(path)), path].sum())
+
+
+@pytest.mark.parametrize("scale,o_bias", [(1.0, 0.0), (1.0, 3.0), (3.0, 0.0), (0.3, 1.0)])
+def test_viterbi_by_stretches_equals_viterbi_over_everything(scale, o_bias):
+    """best_tags runs Viterbi only around invalid argmax steps: on random logits (mostly O like real text,
+    or not) its path scores what a Viterbi over the whole sequence scores, and is valid IOB2."""
+    rng = np.random.default_rng(int(scale * 10 + o_bias))
+    inside = np.array([t.startswith("I-") for t in TAGS])
+    trans = np.array([[0.0 if not (b.startswith("I-") and a[2:] != b[2:]) else -np.inf for b in TAGS] for a in TAGS])
+    stretched = 0
+    for _ in range(300):
+        n = int(rng.integers(1, 150))
+        lg = rng.normal(size=(n, len(TAGS))) * scale
+        lg[:, 0] += o_bias * rng.integers(0, 2, n)
+        path, probs = best_tags(lg, ID2TAG)
+        full = _viterbi(np.log(np.maximum(probs, 1e-30)), inside, trans)
+        tags = [TAGS[i] for i in path]
+        assert tags == repair_iob2(tags)
+        assert _path_score(lg, path) == pytest.approx(_path_score(lg, full), abs=1e-6)
+        stretched += path != lg.argmax(-1).tolist()
+    assert stretched > 30  # the argmax path was invalid often enough for the stretches to be exercised
 
 
 def test_every_gold_value_span_is_a_fixed_point_of_the_value_rules():

@@ -88,6 +88,26 @@ def test_pipe_threads_and_loading_twice_agree(extractor, smoke_run):
     assert results == one_by_one
 
 
+def test_pipe_with_worker_processes_gives_the_same_documents(smoke_run):
+    """`workers`: windows and completion in a pool of processes (what a GPU machine uses by default) give
+    exactly the documents of the in-process path, in input order, names included."""
+    texts = [read_text(p) for p in sorted(SEEDS.glob("*.txt"))] * 2
+    names = [f"doc{i}" for i in range(len(texts))]
+    alone = load(smoke_run[1], workers=0)
+    pooled = load(smoke_run[1], workers=2)
+    try:
+        expected = [d.to_dict() for d in alone.pipe(texts, batch_size=4, docs=names)]
+        assert sum(len(d["facts"]) for d in expected) > 20
+        assert [d.to_dict() for d in pooled.pipe(texts, batch_size=4, docs=names)] == expected
+        assert [d.to_dict() for d in pooled.pipe(texts[:3], batch_size=8, docs=names[:3])] == expected[:3]
+        assert pooled._pool is not None  # kept for the next call
+    finally:
+        pooled.close()
+    assert pooled._pool is None
+    with pytest.raises(ValueError, match="workers"):
+        load(smoke_run[1], workers=-1)
+
+
 def test_extract_cli_json_per_file_and_bad_inputs(smoke_run, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
