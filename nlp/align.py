@@ -268,7 +268,7 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[in
     if any(b is None for b, _ in pairs):  # an I- without its B-: no safe cut, Viterbi over everything
         return _viterbi(logp, inside, trans), probs
     b_idx, i_idx = np.array([b for b, _ in pairs], int), np.array([i for _, i in pairs], int)
-    prefers_b = (logp[1:, b_idx] >= logp[1:, i_idx]).all(1) if len(pairs) else np.ones(n - 1, bool)
+    prefers_b = (logp[1:, b_idx] >= logp[1:, i_idx]).all(1)  # (an invalid step means some I- tag exists)
     cuts = np.flatnonzero(~inside[path[:-1]] & prefers_b)  # a stretch may end after each of these tokens
     out = path.copy()
     done_until = -1
@@ -582,8 +582,9 @@ def pipeline_decode(encoded: Encoded, windows: list[Window], logits: list[np.nda
 
 def predict_logits(model, windows: list[Window], batch_size: int, pad_id: int, device) -> list[np.ndarray]:
     """Run `model` over windows in batches (sorted by length to limit padding); logits per window. The
-    batches are queued on the device without waiting for each other's results (one copy back at the end),
-    so on a GPU building the next batch overlaps the current one."""
+    logits stay on the device until every batch is queued, then come back; on a GPU, building the next
+    batch on the CPU overlaps the current forward pass (each batch's input copy still waits for the one
+    before: pageable memory)."""
     import torch
 
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))

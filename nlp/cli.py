@@ -149,6 +149,7 @@ def _inputs(paths: list[str]) -> list[str]:
 def cmd_extract(args) -> int:
     import csv
     import io
+    import itertools
 
     from tqdm.auto import tqdm
 
@@ -180,27 +181,30 @@ def cmd_extract(args) -> int:
     extractor = load(model_dir, batch_size=args.batch_size, int8=args.int8, workers=args.workers)
     failed, results = 0, []
 
-    def read(path: str) -> tuple[str, str] | None:
+    def readable():
+        """(text, name) of each input that reads; a bad one is reported, counted and skipped."""
         nonlocal failed
-        try:
-            if path == "-":
-                text = decode_bytes(sys.stdin.buffer.read(), "<stdin>")[0]
-                if not text.strip():
-                    raise ReadError("<stdin>: empty")
-                return "stdin", text
-            return Path(path).name, read_document(path)
-        except ReadError as e:
-            failed += 1
-            print(f"error: {e}", file=sys.stderr)
-            return None
+        for path in inputs:
+            try:
+                if path == "-":
+                    text = decode_bytes(sys.stdin.buffer.read(), "<stdin>")[0]
+                    if not text.strip():
+                        raise ReadError("<stdin>: empty")
+                    yield text, "stdin"
+                else:
+                    yield read_document(path), Path(path).name
+            except ReadError as e:
+                failed += 1
+                bar.update(1)
+                print(f"error: {e}", file=sys.stderr)
 
-    group = 32  # files read and extracted together (their windows share forward passes; bounded memory)
+    # one stream through pipe: on a GPU its worker processes stay busy from the first file to the last
+    first, second = itertools.tee(readable())  # pipe reads a text, then its name: tee holds one pair
+    texts, names = (t for t, _ in first), (n for _, n in second)
     with tqdm(total=len(inputs), desc="extracting", unit="file", disable=args.quiet or len(inputs) < 2,
               file=sys.stderr) as bar:
-        for g in range(0, len(inputs), group):
-            named = [r for r in map(read, inputs[g:g + group]) if r is not None]
-            docs = extractor.pipe([t for _, t in named], batch_size=group, docs=[n for n, _ in named])
-            for doc in docs:
+        try:
+            for doc in extractor.pipe(texts, batch_size=8, docs=names):
                 results.append(doc)
                 if per_file:
                     stem = Path(doc.doc).stem
@@ -208,8 +212,9 @@ def cmd_extract(args) -> int:
                         atomic_write_text(out / f"{stem}.html", render_html(doc))
                     else:
                         atomic_write_json(out / f"{stem}.json", doc.to_dict())
-            bar.update(len(inputs[g:g + group]))
-    extractor.close()
+                bar.update(1)
+        finally:
+            extractor.close()
     if not per_file:
         if args.format == "json":
             body = json.dumps([d.to_dict() for d in results] if len(inputs) > 1 else
@@ -325,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: standard output)")
     x.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     x.add_argument("--workers", type=int, default=None,
-                   help="processes for the CPU work around the forward pass: reading windows, decoding, facts "
-                        "(default: one per CPU core but one when the model runs on a GPU, none on a CPU)")
+                   help="processes for the CPU work around the forward pass: tokenization, windows, decoding, "
+                        "facts (default on a GPU: the CPU cores less one, at most 32; on a CPU: none)")
     x.add_argument("--int8", action="store_true",
                    help="CPU only: quantize the model's linear layers to int8 (faster; spans may differ slightly)")
     x.add_argument("--quiet", action="store_true", help="no progress bar")

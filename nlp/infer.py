@@ -11,15 +11,17 @@ Any length of input: the normalized text is tokenized once and cut into windows 
 Viterbi plus the schema's boundary rules (`align.decode`); spans come back at ORIGINAL character offsets
 with a confidence score each.
 
-`pipe` on a GPU keeps the GPU for the forward pass alone: reading the text, tokenization and windows, and
-merging, decoding and fact building run in a pool of worker processes (`workers`; default: one per CPU core
-but one when the model is on a GPU, none on the CPU, where the forward pass already uses every core), so
-the CPU work of the next and the previous documents overlaps the GPU's.
+`pipe` on a GPU keeps the GPU for the forward pass alone: normalization, tokenization and windows, and
+merging, decoding and fact building run in a pool of worker processes (`workers`; default on a GPU: the
+usable CPU cores less one, at most 32; on a CPU none, the forward pass already uses every core), so the CPU
+work of the next and the previous documents overlaps the GPU's.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -51,11 +53,15 @@ class Extractor:
     a lock per extractor (fast tokenizers must not be used from two threads at once).
 
     `int8=True` quantizes the linear layers to int8 for CPU inference (torch dynamic quantization): faster
-    on CPU, spans may differ slightly from the float model (BENCHMARKS.md has both).
+    on CPU, spans may differ slightly from the float model (BENCHMARKS.md has both). Its activation scale
+    is computed per forward batch, so with int8 `pipe` reads one document at a time, like `extractor(text)`:
+    a document's result never depends on the documents beside it.
 
-    `workers`: processes `pipe` uses for the CPU work around the forward pass (None: one per CPU core but
-    one on a GPU, 0 on the CPU). Started on the first `pipe` of more than one document and kept; `close()`
-    (or the end of the process) stops them. Output is the same with or without them."""
+    `workers`: processes `pipe` uses for the CPU work around the forward pass (None: on a CUDA device the
+    usable CPU cores less one, at most 32; otherwise 0). Started on the first `pipe` and kept; `close()` (or
+    the end of the process) stops them. In fp32 the output equals the in-process path's (tested); in bf16
+    on a GPU, windows batched in other company can differ in the last bits of a logit. A worker that dies
+    (out of memory, say) makes `pipe` raise instead of wait."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, batch_size: int = 16,
                  max_length: int | None = None, stride: int | None = None, facts: bool = True,
@@ -89,10 +95,12 @@ class Extractor:
         self.batch_size = batch_size
         self.with_facts = facts
         if workers is None:
-            workers = 0 if self.device.type == "cpu" else max(0, min(32, (os.cpu_count() or 1) - 1))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = max(0, min(32, cores - 1)) if self.device.type == "cuda" else 0
         if workers < 0:
             raise ValueError(f"workers must be >= 0, not {workers}")
-        self.workers = workers
+        self.workers = 0 if int8 else workers
+        self.int8 = int8
         self._pool = None
         self._lock = threading.Lock()
 
@@ -114,27 +122,27 @@ class Extractor:
         return self._finish(text, self.spans([text])[0], doc)
 
     def pipe(self, texts: Iterable[str], batch_size: int = 32, docs: Iterable[str] | None = None) -> Iterator[ExtractedDoc]:
-        """Extract from many documents, `batch_size` documents at a time (their windows batched together)."""
-        if docs is not None:
-            texts, docs = list(texts), list(docs)
-            if len(texts) != len(docs):
-                raise ValueError(f"pipe: {len(texts)} texts but {len(docs)} document names")
-        names = iter(docs) if docs is not None else None
-        buf: list[str] = []
-        for t in texts:
-            buf.append(t)
-            if len(buf) >= batch_size:
-                yield from self._flush(buf, names)
+        """Extract from many documents, in order. In this process: `batch_size` documents at a time, their
+        windows batched together (one at a time with int8). With `workers`: a stream, `workers` documents per
+        group of forward passes, the pool preparing the next group and completing the previous ones.
+        `texts` and `docs` (names) are read lazily; they must be equally long."""
+        items = _zip_names(texts, docs)
+        if self.workers:
+            yield from self._pipe_parallel(items)
+            return
+        size = 1 if self.int8 else batch_size
+        buf: list[tuple[str, str | None]] = []
+        for item in items:
+            buf.append(item)
+            if len(buf) >= size:
+                yield from self._flush(buf)
                 buf = []
         if buf:
-            yield from self._flush(buf, names)
+            yield from self._flush(buf)
 
-    def _flush(self, buf: list[str], names) -> Iterator[ExtractedDoc]:
-        if self.workers and len(buf) > 1:
-            yield from self._flush_parallel(buf, names)
-            return
-        for text, spans in zip(buf, self.spans(buf)):
-            yield self._finish(text, spans, next(names) if names is not None else None)
+    def _flush(self, buf: list[tuple[str, str | None]]) -> Iterator[ExtractedDoc]:
+        for (text, doc), spans in zip(buf, self.spans([t for t, _ in buf])):
+            yield self._finish(text, spans, doc)
 
     def _worker_state(self) -> dict:
         return {"tokenizer": self.tokenizer, "max_length": self.max_length, "stride": self.stride,
@@ -142,44 +150,65 @@ class Extractor:
                 "n_tags": self.model.config.num_labels, "o_index": o_tag_index(self.model.config.id2label)}
 
     def _get_pool(self):
-        if self._pool is None:
-            import multiprocessing as mp
-
-            # fork: the workers start at once with the tokenizer in memory (they never touch the model)
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            before = os.environ.get("TOKENIZERS_PARALLELISM")
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # each worker tokenizes on one thread
-            try:
-                self._pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(self._worker_state(),))
-            finally:
-                if before is None:
-                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
-                else:
-                    os.environ["TOKENIZERS_PARALLELISM"] = before
-        return self._pool
-
-    def _flush_parallel(self, buf: list[str], names) -> Iterator[ExtractedDoc]:
-        """`buf` documents: windows cut in the pool `chunk` documents at a time, one chunk ahead of the
-        forward pass (this process, on the GPU); completed (merge, decode, facts) in the pool while the next
-        chunk's forward pass runs; yielded in input order. Only token ids go to this process and only logits
-        back (a worker tokenizes its document again rather than ship the encoding around: this process,
-        not the workers, is what limits throughput)."""
-        docs = [next(names) if names is not None else None for _ in buf]
         with self._lock:
-            pool = self._get_pool()
-        chunk = max(1, self.workers)
-        starts = list(range(0, len(buf), chunk))
-        ahead = pool.map_async(_prepare, buf[:chunk])
+            if self._pool is None:
+                import multiprocessing as mp
+                from concurrent.futures import ProcessPoolExecutor
+
+                # fork (Linux): the workers start at once with the tokenizer in memory; they never touch the
+                # model. Elsewhere fork is unsafe with system frameworks: spawn.
+                ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+                before = os.environ.get("TOKENIZERS_PARALLELISM")
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"  # each worker tokenizes on one thread
+                try:
+                    pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                               initargs=(self._worker_state(),))
+                    # the executor starts its processes on demand: start them all now, inside this setting
+                    for f in [pool.submit(os.getpid) for _ in range(self.workers)]:
+                        f.result()
+                finally:
+                    if before is None:
+                        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                    else:
+                        os.environ["TOKENIZERS_PARALLELISM"] = before
+                self._pool = pool
+            return self._pool
+
+    def _pipe_parallel(self, items: Iterator[tuple[str, str | None]]) -> Iterator[ExtractedDoc]:
+        """Groups of `workers` documents: windows cut in the pool one group ahead of the forward pass (this
+        process, on the GPU); completed (merge, decode, facts) in the pool while the next group's forward
+        pass runs; yielded in input order. Only token ids come to this process and only logits go back (a
+        worker tokenizes its document again rather than ship the encoding around: this process, not the
+        workers, is what limits throughput). A worker that dies breaks the pool: `pipe` raises."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._get_pool()
+        try:
+            yield from self._stream(pool, items)
+        except BrokenProcessPool as e:
+            self.close()  # the next pipe starts a fresh pool
+            raise RuntimeError("a worker process of pipe died (out of memory?); its documents were not "
+                               "extracted") from e
+
+    def _stream(self, pool, items: Iterator[tuple[str, str | None]]) -> Iterator[ExtractedDoc]:
+        group = self.workers
+
+        def next_group():
+            batch = [x for _, x in zip(range(group), items)]
+            return batch, [pool.submit(_prepare, t) for t, _ in batch]
+
         pending: deque = deque()
 
-        def done(k: int, res) -> ExtractedDoc:
-            spans, facts = res.get()
-            return ExtractedDoc(doc=docs[k], text=buf[k], spans=spans, facts=facts)
+        def done() -> ExtractedDoc:
+            text, doc, fut = pending.popleft()
+            spans, facts = fut.result()
+            return ExtractedDoc(doc=doc, text=text, spans=spans, facts=facts)
 
-        for n, a in enumerate(starts):
-            prepared = ahead.get()
-            if n + 1 < len(starts):
-                ahead = pool.map_async(_prepare, buf[starts[n + 1]:starts[n + 1] + chunk])
+        batch, ahead = next_group()
+        while batch:
+            prepared = [f.result() for f in ahead]
+            current = batch
+            batch, ahead = next_group()
             windows = [Window(j, int(first), ids[o:o + m])
                        for j, (ids, firsts, lengths) in enumerate(prepared)
                        for first, o, m in zip(firsts, np.cumsum(lengths) - lengths, lengths)]
@@ -187,21 +216,20 @@ class Extractor:
                 logits = predict_logits(self.model, windows, self.batch_size, self.tokenizer.pad_token_id,
                                         self.device) if windows else []
             i = 0
-            for j, (_, firsts, _) in enumerate(prepared):
+            for (text, doc), (_, firsts, _) in zip(current, prepared):
                 lg = np.concatenate(logits[i:i + len(firsts)]) if len(firsts) else None
                 i += len(firsts)
-                pending.append((a + j, pool.apply_async(_complete, (buf[a + j], lg, docs[a + j]))))
-            while pending and (pending[0][1].ready() or len(pending) > 4 * chunk):
-                yield done(*pending.popleft())
+                pending.append((text, doc, pool.submit(_complete, text, lg, doc)))
+            while pending and (pending[0][2].done() or len(pending) > 4 * group):
+                yield done()
         while pending:
-            yield done(*pending.popleft())
+            yield done()
 
     def close(self) -> None:
         """Stop the worker processes (if `pipe` started any)."""
         pool, self._pool = getattr(self, "_pool", None), None
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def __del__(self):
         try:
@@ -215,7 +243,27 @@ _WORKER: dict = {}
 
 
 def _worker_init(state: dict) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _WORKER.update(state)
+
+
+def _zip_names(texts: Iterable[str], docs: Iterable[str] | None) -> Iterator[tuple[str, str | None]]:
+    """(text, name) pairs, lazily; unequal lengths are an error (checked at once when both have a length)."""
+    if docs is None:
+        for t in texts:
+            yield t, None
+        return
+    if hasattr(texts, "__len__") and hasattr(docs, "__len__") and len(texts) != len(docs):
+        raise ValueError(f"pipe: {len(texts)} texts but {len(docs)} document names")
+    end = object()
+    texts_it, docs_it = iter(texts), iter(docs)
+    while True:
+        t, d = next(texts_it, end), next(docs_it, end)
+        if t is end and d is end:
+            return
+        if t is end or d is end:
+            raise ValueError("pipe: texts and document names differ in number")
+        yield t, d
 
 
 def _prepare(text: str):

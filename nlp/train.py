@@ -190,6 +190,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     main = accelerator.is_main_process
     if main and not resume:  # a summary marks a finished run (cv --reuse trusts it): not this one, yet
         (out_dir / "train_summary.json").unlink(missing_ok=True)
+        if not checkpoints:  # an earlier run's checkpoint here would resume into a state this run never had
+            shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
     set_seed(cfg.seed)
 
     docs = load_corpus(dc.annotations)

@@ -88,9 +88,14 @@ def test_pipe_threads_and_loading_twice_agree(extractor, smoke_run):
     assert results == one_by_one
 
 
-def test_pipe_with_worker_processes_gives_the_same_documents(smoke_run):
+def test_pipe_with_worker_processes_gives_the_same_documents(smoke_run, tmp_path, capsys):
     """`workers`: windows and completion in a pool of processes (what a GPU machine uses by default) give
-    exactly the documents of the in-process path, in input order, names included."""
+    exactly the documents of the in-process path, in input order, names included, from lists or lazy
+    iterables; `nlp extract --workers` writes the same files; a worker that dies makes pipe raise, not hang,
+    and the next pipe works."""
+    import os
+    import signal
+
     texts = [read_text(p) for p in sorted(SEEDS.glob("*.txt"))] * 2
     names = [f"doc{i}" for i in range(len(texts))]
     alone = load(smoke_run[1], workers=0)
@@ -99,13 +104,42 @@ def test_pipe_with_worker_processes_gives_the_same_documents(smoke_run):
         expected = [d.to_dict() for d in alone.pipe(texts, batch_size=4, docs=names)]
         assert sum(len(d["facts"]) for d in expected) > 20
         assert [d.to_dict() for d in pooled.pipe(texts, batch_size=4, docs=names)] == expected
-        assert [d.to_dict() for d in pooled.pipe(texts[:3], batch_size=8, docs=names[:3])] == expected[:3]
-        assert pooled._pool is not None  # kept for the next call
+        lazy = pooled.pipe(iter(texts[:3]), docs=(n for n in names[:3]))
+        assert [d.to_dict() for d in lazy] == expected[:3]
+        with pytest.raises(ValueError, match="differ in number"):
+            list(pooled.pipe(iter(texts[:3]), docs=iter(names[:2])))
+        pool = pooled._pool
+        assert pool is not None  # kept for the next call
+        os.kill(next(iter(pool._processes)), signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="worker process of pipe died"):
+            list(pooled.pipe(texts[:4]))
+        assert [d.to_dict() for d in pooled.pipe(texts[:2], docs=names[:2])] == expected[:2]
     finally:
         pooled.close()
     assert pooled._pool is None
     with pytest.raises(ValueError, match="workers"):
         load(smoke_run[1], workers=-1)
+    outs = {}
+    for w in ("0", "2"):
+        outs[w] = tmp_path / f"out{w}"
+        assert main(["extract", str(SEEDS), "--model", str(smoke_run[1]), "--workers", w, "--out", str(outs[w]),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    files = sorted(p.name for p in outs["0"].iterdir())
+    assert len(files) == 5 and files == sorted(p.name for p in outs["2"].iterdir())
+    for f in files:
+        assert (outs["0"] / f).read_text(encoding="utf-8") == (outs["2"] / f).read_text(encoding="utf-8")
+
+
+def test_int8_pipe_reads_each_document_alone(smoke_run):
+    """Dynamic int8 quantization scales activations per forward batch: pipe reads one document at a time,
+    so a document's result does not depend on the documents beside it (and workers are not used)."""
+    texts = [read_text(p) for p in sorted(SEEDS.glob("*.txt"))][:3]
+    ex = load(smoke_run[1], int8=True, workers=2)
+    assert ex.workers == 0
+    alone = [ex(t).to_dict() for t in texts]
+    assert [d.to_dict() for d in ex.pipe(texts, batch_size=3)] == alone
+    assert [d.to_dict() for d in ex.pipe(texts[::-1], batch_size=3)] == alone[::-1]
 
 
 def test_extract_cli_json_per_file_and_bad_inputs(smoke_run, tmp_path, capsys):

@@ -176,19 +176,26 @@ def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
     assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
 
 
-def test_checkpoint_free_run_saves_only_its_last_model(tmp_path):
-    """A cross-validation fold (`checkpoints=False`, keep_best false) writes no resumable checkpoint and the
-    model once, at the end; the evaluation it returns is the last one, of the model it saved."""
+def test_checkpoint_free_run_saves_only_its_last_model(tmp_path, monkeypatch):
+    """A cross-validation fold (`checkpoints=False`, keep_best false) writes no resumable checkpoint (and
+    removes a stale one) and the model once, at the end; the evaluation it returns is the last one, of the
+    model it saved."""
     import copy
 
+    from nlp import train as train_module
     from nlp.config import load_config
     from nlp.evaluate import evaluate_saved
-    from nlp.train import train
 
+    saved = []
+    real_save = train_module._save_model_atomic
+    monkeypatch.setattr(train_module, "_save_model_atomic", lambda *a: (saved.append(1), real_save(*a)))
     cfg = copy.deepcopy(load_config(ROOT / "configs" / "smoke.yaml"))
     cfg.train.max_steps, cfg.train.eval_every, cfg.train.keep_best = 6, 3, False
-    res = train(cfg, tmp_path, progress=False, log=lambda *a: None, checkpoints=False)
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "trainer_state.json").write_text("{}")
+    res = train_module.train(cfg, tmp_path, progress=False, log=lambda *a: None, checkpoints=False)
     assert not (tmp_path / "checkpoint").exists()
+    assert len(saved) == 1
     assert [h["step"] for h in res.history] == [3, 6] and res.steps == 6
     dev = [d for d in load_corpus(GOLD) if d.doc in cfg.data.dev_docs]
     ev = evaluate_saved(tmp_path, dev, cfg.data.max_length, cfg.data.stride)
