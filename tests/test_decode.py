@@ -232,6 +232,28 @@ def test_an_entity_cut_inside_its_name_takes_it_back_from_the_metric_after_it():
     assert extend_to_terms(normalize(text), as_value, lexicon) == as_value
 
 
+def test_a_period_that_ran_into_a_metric_term_gives_it_back():
+    """Fold 003's model on seed 003: PERIOD 第二季度线 + METRIC 上营销服务收入 -> 第二季度 + 线上营销服务收入 (the
+    metric is a training term); not when less than two characters of the PERIOD would remain, and a METRIC
+    never takes characters from a VALUE."""
+    from nlp.align import extend_to_terms
+    from nlp.reader import normalize
+
+    docs = {d.doc[:3]: d for d in load_corpus(GOLD)}
+    text = docs["003"].text
+    lexicon = _lexicon_without(docs["003"].doc)
+    assert "线上营销服务收入" in lexicon["METRIC"]
+    at = text.index("第二季度线上营销服务收入")
+    spans = [_sp(text, "第二季度线", "PERIOD", at), _sp(text, "上营销服务收入", "METRIC", at + 5)]
+    got = extend_to_terms(normalize(text), spans, lexicon)
+    assert [(s.text, s.label) for s in got] == [("第二季度", "PERIOD"), ("线上营销服务收入", "METRIC")]
+    assert all(text[s.start:s.end] == s.text for s in got)
+    tiny = [_sp(text, "度线", "PERIOD", at + 3), _sp(text, "上营销服务收入", "METRIC", at + 5)]
+    assert extend_to_terms(normalize(text), tiny, lexicon) == tiny
+    value = [_sp(text, "第二季度线", "VALUE", at), _sp(text, "上营销服务收入", "METRIC", at + 5)]
+    assert extend_to_terms(normalize(text), value, lexicon) == value
+
+
 def test_every_gold_entity_and_metric_is_a_fixed_point_of_the_term_extension():
     """Each document's gold spans through the extension with the lexicon of the other four (what a
     cross-validation fold sees): not one changes."""
