@@ -396,10 +396,20 @@ _METRIC_LEAD = re.compile(r"(?:本?集[ \t\u00a0\u3000]*团|本?公[ \t\u00a0\u3
                           r"[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
 
 
+# 季度净利润, 全年毛利率: a period word is the PERIOD's, not the METRIC's (no gold METRIC starts with one; 年销售额
+# does, hence two-character words only)
+_METRIC_PERIOD_LEAD = re.compile(r"[本该當当]?[ \t\u00a0\u3000]*(?:季[ \t\u00a0\u3000]*度|年[ \t\u00a0\u3000]*度|全[ \t\u00a0\u3000]*年|"
+                                 r"月[ \t\u00a0\u3000]*度)[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
+
+
 def _metric_head(text: str, start: int, end: int) -> int:
-    """Start of a METRIC span without a leading 集团 / 本公司 (层面)(的), if two characters or more remain."""
-    m = _METRIC_LEAD.match(text, start, end)
-    return m.end() if m and end - m.end() >= 2 else start
+    """Start of a METRIC span without a leading 集团 / 本公司 (层面)(的) or period word (季度, 年度, 全年, 月度), if
+    two characters or more remain."""
+    for lead in (_METRIC_LEAD, _METRIC_PERIOD_LEAD):
+        m = lead.match(text, start, end)
+        if m and end - m.end() >= 2:
+            start = m.end()
+    return start
 
 
 def _trim_metric(text: str, start: int, end: int) -> int:
