@@ -387,7 +387,8 @@ def _figure_sentences_only(text: str, spans: list[PredictedSpan]) -> list[Predic
 _DEICTIC = "该該本上当當今去同前"
 _PERIOD_HEAD = re.compile(r"季度|季|年|月|期|半年|周|週")
 
-_METRIC_TAIL = re.compile(r"(?:达到|達到|达|達|为|為|至|到|约|約|是|了|[ \t\u00a0\u3000])+$")
+_METRIC_TAIL = re.compile(r"(?:达到|達到|达|達|为|為|至|到|约|約|是|了|实现|實現|实|實|累计|累計|累|保持|同比|环比|環比|增长|增長|"
+                          r"提升|下降|[ \t\u00a0\u3000])+$")
 
 
 # 集团总收入, 集团层面的净利润, 本公司的毛利: the group (本集团 / 本公司 is an ENTITY in filings) is not part of the
@@ -402,10 +403,14 @@ _METRIC_PERIOD_LEAD = re.compile(r"[本该當当]?[ \t\u00a0\u3000]*(?:季[ \t\u
                                  r"月[ \t\u00a0\u3000]*度)[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
 
 
+# 不过平均月活用户: a conjunction or discourse word opening the clause (no gold METRIC starts with one)
+_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但)[,，、 \t\u00a0\u3000]*")
+
+
 def _metric_head(text: str, start: int, end: int) -> int:
-    """Start of a METRIC span without a leading 集团 / 本公司 (层面)(的) or period word (季度, 年度, 全年, 月度), if
-    two characters or more remain."""
-    for lead in (_METRIC_LEAD, _METRIC_PERIOD_LEAD):
+    """Start of a METRIC span without a leading discourse word (不过, 其中, 同时 ...), 集团 / 本公司 (层面)(的) or
+    period word (季度, 年度, 全年, 月度), if two characters or more remain."""
+    for lead in (_METRIC_DISCOURSE_LEAD, _METRIC_LEAD, _METRIC_PERIOD_LEAD):
         m = lead.match(text, start, end)
         if m and end - m.end() >= 2:
             start = m.end()
@@ -413,8 +418,8 @@ def _metric_head(text: str, start: int, end: int) -> int:
 
 
 def _trim_metric(text: str, start: int, end: int) -> int:
-    """End of a METRIC span without a trailing verb or linking word (达, 为, 至, 约 ...: never part of a
-    metric name; no gold METRIC ends with one)."""
+    """End of a METRIC span without a trailing verb or linking word (达, 为, 至, 约, 实现, 累计, 保持, 同比,
+    增长 ...: never part of a metric name; no gold METRIC ends with one)."""
     m = _METRIC_TAIL.search(text, start, end)
     return m.start() if m else end
 
