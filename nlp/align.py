@@ -362,7 +362,32 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
                 and _PERIOD_HEAD.match(new.text) and not (out and out[-1][0].end >= new.start):
             new = PredictedSpan(new.start - 1, new.end, new.label, text[new.start - 1:new.end], new.score)
         out.append((new, sp))
-    return _figure_sentences_only(text, [new for new, _ in out])
+    return _figure_sentences_only(text, _period_quarters(text, [new for new, _ in out]))
+
+
+_PERIOD_QUARTER = re.compile(r"[ \t\u00a0\u3000]*(?:[QH][1-4]|[上下]半年|第?[一二三四1-4]季度?)")
+
+
+def _period_quarters(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
+    """A PERIOD ending in 年 takes the quarter or half right after it (2024年 + Q4通 -> 2024年Q4): what it cuts
+    from the span after it is lost to that span (dropped if under two characters are left); never from a
+    VALUE."""
+    spans = list(spans)
+    for k, sp in enumerate(spans):
+        if sp is None or sp.label != "PERIOD" or not sp.text.endswith("年"):
+            continue
+        m = _PERIOD_QUARTER.match(text, sp.end)
+        if not m:
+            continue
+        e = m.end()
+        after = [j for j in range(k + 1, len(spans)) if spans[j] is not None and spans[j].start < e]
+        if any(spans[j].label == "VALUE" for j in after):
+            continue
+        for j in after:
+            nx = spans[j]
+            spans[j] = None if nx.end - e < 2 else PredictedSpan(e, nx.end, nx.label, text[e:nx.end], nx.score)
+        spans[k] = PredictedSpan(sp.start, e, sp.label, text[sp.start:e], sp.score)
+    return [sp for sp in spans if sp is not None]
 
 
 _SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]*")

@@ -156,6 +156,28 @@ def test_a_metric_loses_a_trailing_verb(predicted, expected):
     assert got == ([expected] if expected else [])
 
 
+def test_a_year_period_takes_the_quarter_after_it():
+    """Fold 004's model on seed 004: PERIOD 2024年 + ENTITY Q4通 -> PERIOD 2024年Q4 (通, one character, is
+    dropped); a longer span after it keeps the rest; nothing is taken from a VALUE or after a non-year."""
+    text = "某物流企业的数据显示,2024年Q4通过承接直播电商订单实现的业务量同比增长150%。"
+    spans = [_sp(text, "2024年", "PERIOD"), _sp(text, "Q4通", "ENTITY"), _sp(text, "业务量", "METRIC"),
+             _sp(text, "150%", "VALUE")]
+    got = [(s.text, s.label) for s in tidy_spans(text, spans)]
+    assert got == [("2024年Q4", "PERIOD"), ("业务量", "METRIC"), ("150%", "VALUE")]
+    text = "2024年上半年营收达1000亿元。"
+    spans = [_sp(text, "2024年", "PERIOD"), _sp(text, "上半年营收", "METRIC"), _sp(text, "1000亿元", "VALUE")]
+    assert [(s.text, s.label) for s in tidy_spans(text, spans)] == [
+        ("2024年上半年", "PERIOD"), ("营收", "METRIC"), ("1000亿元", "VALUE")]
+    from nlp.align import _period_quarters
+
+    text = "2024年Q4 300亿元的营收。"
+    spans = [_sp(text, "2024年", "PERIOD"), _sp(text, "Q4 300亿元", "VALUE")]
+    assert _period_quarters(text, spans) == spans
+    text = "第二季度Q4营收达10亿元。"
+    spans = [_sp(text, "第二季度", "PERIOD"), _sp(text, "Q4营收", "METRIC"), _sp(text, "10亿元", "VALUE")]
+    assert [s.text for s in tidy_spans(text, spans)][:2] == ["第二季度", "Q4营收"]
+
+
 def test_tidy_leaves_gold_spans_alone_but_a_few_known_ones():
     """Gold spans fed through the rules come out unchanged, except where the gold has two METRIC spans side
     by side (the rules read that as one split mention) and the few gold mentions whose figure lies in
