@@ -365,7 +365,16 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     return _figure_sentences_only(text, _period_quarters(text, [new for new, _ in out]))
 
 
-_PERIOD_QUARTER = re.compile(r"[ \t\u00a0\u3000]*(?:[QH][1-4]|[上下]半年|第?[一二三四1-4]季度?)")
+_SPACE = r"[ \t\u00a0\u3000]"
+"""Spaces the rules below allow inside and around a word (PDF and HTML text is full of them)."""
+
+
+def _spaced(word: str) -> str:
+    """A regex for `word` with any run of `_SPACE` between its characters: 集团 -> 集[ ...]*团."""
+    return (_SPACE + "*").join(map(re.escape, word))
+
+
+_PERIOD_QUARTER = re.compile(_SPACE + r"*(?:[QH][1-4]|[上下]半年|第?[一二三四1-4]季度?)")
 
 
 def _period_quarters(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
@@ -380,7 +389,12 @@ def _period_quarters(text: str, spans: list[PredictedSpan]) -> list[PredictedSpa
         if not m:
             continue
         e = m.end()
-        after = [j for j in range(k + 1, len(spans)) if spans[j] is not None and spans[j].start < e]
+        after = []  # the spans it cuts into (in order: stop at the first one past it)
+        for j in range(k + 1, len(spans)):
+            if spans[j] is not None:
+                if spans[j].start >= e:
+                    break
+                after.append(j)
         if any(spans[j].label == "VALUE" for j in after):
             continue
         for j in after:
@@ -413,19 +427,18 @@ _DEICTIC = "该該本上当當今去同前"
 _PERIOD_HEAD = re.compile(r"季度|季|年|月|期|半年|周|週")
 
 _METRIC_TAIL = re.compile(r"(?:达到|達到|达|達|为|為|至|到|约|約|是|了|实现|實現|实|實|累计|累計|累|保持|同比|环比|環比|增长|增長|"
-                          r"提升|下降|[ \t\u00a0\u3000])+$")
+                          r"提升|下降|" + _SPACE + r")+$")
 
 
 # 集团总收入, 集团层面的净利润, 本公司的毛利: the group (本集团 / 本公司 is an ENTITY in filings) is not part of the
 # METRIC (guideline: leave out possessives and the entity; 11 mentions of 集团 in the seeds, none inside a span)
-_METRIC_LEAD = re.compile(r"(?:本?集[ \t\u00a0\u3000]*团|本?公[ \t\u00a0\u3000]*司)(?:[ \t\u00a0\u3000]*层[ \t\u00a0\u3000]*面)?"
-                          r"[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
+_METRIC_LEAD = re.compile(f"(?:本?{_spaced('集团')}|本?{_spaced('公司')})(?:{_SPACE}*{_spaced('层面')})?{_SPACE}*的?{_SPACE}*")
 
 
 # 季度净利润, 全年毛利率: a period word is the PERIOD's, not the METRIC's (no gold METRIC starts with one; 年销售额
 # does, hence two-character words only)
-_METRIC_PERIOD_LEAD = re.compile(r"[本该當当]?[ \t\u00a0\u3000]*(?:季[ \t\u00a0\u3000]*度|年[ \t\u00a0\u3000]*度|全[ \t\u00a0\u3000]*年|"
-                                 r"月[ \t\u00a0\u3000]*度)[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
+_METRIC_PERIOD_LEAD = re.compile(f"[本该當当]?{_SPACE}*(?:{'|'.join(map(_spaced, ('季度', '年度', '全年', '月度')))})"
+                                 f"{_SPACE}*的?{_SPACE}*")
 
 
 # 不过平均月活用户: a conjunction or discourse word opening the clause (no gold METRIC starts with one)
@@ -557,16 +570,16 @@ def extend_to_terms(norm: NormalizedText, spans: list[PredictedSpan],
                         break
             if best is not None:
                 s, e = norm.span_to_original(*best)
+                prev = out[-1] if out else None
                 nxt = spans[k + 1] if k + 1 < len(spans) else None
                 if (nxt is not None and e > nxt.start and sp.label == "ENTITY" and nxt.label == "METRIC"
-                        and (not out or out[-1].end <= s)):
+                        and (prev is None or prev.end <= s)):
                     # the tagger put the ENTITY/METRIC boundary inside the entity's name (可灵|AI的用户,
                     # 快手应|用 的互关用户对数): the METRIC starts after the term, less a linking 的
                     m = _ENTITY_LINK.match(orig, e, nxt.end)
                     if e < nxt.end and nxt.end - m.end() >= 2:
                         spans[k + 1] = nxt = PredictedSpan(m.end(), nxt.end, nxt.label, orig[m.end():nxt.end],
                                                            nxt.score)
-                prev = out[-1] if out else None
                 if (prev is not None and prev.end > s and sp.label == "METRIC" and prev.label == "PERIOD"
                         and (nxt is None or e <= nxt.start)):
                     # the PERIOD ran into the metric's name (第二季度线 + 上营销服务收入): it ends where the term starts
@@ -579,7 +592,7 @@ def extend_to_terms(norm: NormalizedText, spans: list[PredictedSpan],
     return out
 
 
-_ENTITY_LINK = re.compile(r"[ \t\u00a0\u3000]*的?[ \t\u00a0\u3000]*")
+_ENTITY_LINK = re.compile(f"{_SPACE}*的?{_SPACE}*")
 
 
 def spans_to_tags(encoded: Encoded, spans: list[PredictedSpan]) -> list[str]:
