@@ -220,15 +220,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-def _viterbi(logp: np.ndarray, inside: np.ndarray, trans: np.ndarray, end: int | None = None) -> list[int]:
+def _viterbi(logp: np.ndarray, inside: np.ndarray, trans: np.ndarray, end: int | None = None,
+             inword: np.ndarray | None = None, word_trans: np.ndarray | None = None) -> list[int]:
     """Best path under `trans` (0 or -inf) over `logp` (tokens x tags), not starting inside a span; ending
-    on tag `end` when given."""
+    on tag `end` when given. Into a token where `inword` is true, `word_trans` applies instead."""
     n, k = logp.shape
     score = np.where(inside, -np.inf, logp[0])
     back = np.zeros((n, k), dtype=np.int64)
     cols = np.arange(k)
     for t in range(1, n):
-        cand = score[:, None] + trans
+        cand = score[:, None] + (word_trans if inword is not None and inword[t] else trans)
         back[t] = cand.argmax(0)
         score = cand[back[t], cols] + logp[t]
     path = [int(score.argmax()) if end is None else end]
@@ -237,17 +238,34 @@ def _viterbi(logp: np.ndarray, inside: np.ndarray, trans: np.ndarray, end: int |
     return path[::-1]
 
 
-def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[int], np.ndarray]:
+def _transitions(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Allowed tag transitions (a row's tag followed by a column's): IOB2 (I-X only after B-X or I-X), and
+    the stricter set into a token inside a word (`word_bounds`): no mention starts there, unless one of
+    another label hands over to it (快手|电商GMV: 快手电商 is one dictionary word). Mentions may end inside a
+    word (快手 of 快手电商生态 is a gold ENTITY); forbidding that too scored lower (BENCHMARKS.md)."""
+    def iob2(a: str, b: str) -> bool:
+        return not (b.startswith("I-") and a[2:] != b[2:])
+
+    def in_word(a: str, b: str) -> bool:
+        return not b.startswith("B-") or (a != "O" and a[2:] != b[2:])
+
+    allowed = np.array([[iob2(a, b) for b in tags] for a in tags])
+    return allowed, allowed & np.array([[in_word(a, b) for b in tags] for a in tags])
+
+
+def best_tags(token_logits: np.ndarray, id2tag: dict[int, str],
+              inword: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
     """The most probable VALID IOB2 tag sequence (Viterbi over per-token log-probabilities, I-X allowed only
     after B-X or I-X) and the per-token probabilities. Scored on the seeds' cross-validation logits this beats
     per-token argmax plus repair by 0.05 micro F1 (BENCHMARKS.md): a weak I- no longer splits a span, a
-    confident I- pulls its uncertain B- in.
+    confident I- pulls its uncertain B- in. `inword` (per token, from `word_bounds`): the token starts inside
+    a word, where no mention may start (`_transitions`).
 
     Exact, and fast: the per-token argmax path is the answer wherever it is valid, so Viterbi runs only on
-    the stretches around an invalid step. A stretch ends after a token c whose argmax tag is not I-* and
-    whose next token prefers B-X to I-X for every X: some best path keeps c's argmax tag and does not enter
-    c + 1 inside a span (replacing I-X there by B-X costs nothing and stays valid), so the stretches on either
-    side are independent problems."""
+    the stretches around an invalid step. A stretch ends after a token c whose argmax tag is not I-*, whose
+    next token prefers B-X to I-X for every X, and where neither c nor c + 1 starts inside a word: some best
+    path keeps c's argmax tag (it may follow any tag) and does not enter c + 1 inside a span (replacing I-X
+    there by B-X costs nothing and stays valid), so the stretches on either side are independent problems."""
     probs = softmax(token_logits)
     n, k = probs.shape
     if n == 0:
@@ -255,10 +273,13 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[in
     logp = np.log(np.maximum(probs, 1e-30))
     tags = [id2tag[i] for i in range(k)]
     inside = np.array([t.startswith("I-") for t in tags])
-    allowed = np.array([[not (b.startswith("I-") and a[2:] != b[2:]) for b in tags] for a in tags])
+    allowed, word_allowed = _transitions(tags)
     trans = np.where(allowed, 0.0, -np.inf)
+    word_trans = np.where(word_allowed, 0.0, -np.inf)
+    free = np.ones(n, bool) if inword is None else ~np.asarray(inword, bool)
     path = logp.argmax(1)
-    bad = np.flatnonzero(~allowed[path[:-1], path[1:]]) + 1
+    ok = np.where(free[1:], allowed[path[:-1], path[1:]], word_allowed[path[:-1], path[1:]])
+    bad = np.flatnonzero(~ok) + 1
     if inside[path[0]]:
         bad = np.concatenate([[0], bad])
     if len(bad) == 0:
@@ -266,10 +287,10 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[in
     index = {t: i for i, t in enumerate(tags)}
     pairs = [(index.get("B-" + t[2:]), i) for i, t in enumerate(tags) if inside[i]]
     if any(b is None for b, _ in pairs):  # an I- without its B-: no safe cut, Viterbi over everything
-        return _viterbi(logp, inside, trans), probs
+        return _viterbi(logp, inside, trans, None, ~free, word_trans), probs
     b_idx, i_idx = np.array([b for b, _ in pairs], int), np.array([i for _, i in pairs], int)
     prefers_b = (logp[1:, b_idx] >= logp[1:, i_idx]).all(1)  # (an invalid step means some I- tag exists)
-    cuts = np.flatnonzero(~inside[path[:-1]] & prefers_b)  # a stretch may end after each of these tokens
+    cuts = np.flatnonzero(~inside[path[:-1]] & prefers_b & free[:-1] & free[1:])  # a stretch may end after these
     out = path.copy()
     done_until = -1
     for t in bad.tolist():
@@ -279,9 +300,36 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str]) -> tuple[list[in
         a = int(cuts[i - 1]) + 1 if i > 0 else 0
         b = int(cuts[i]) if i < len(cuts) else n - 1
         end = int(path[b]) if i < len(cuts) else None
-        out[a:b + 1] = _viterbi(logp[a:b + 1], inside, trans, end)
+        out[a:b + 1] = _viterbi(logp[a:b + 1], inside, trans, end, ~free[a:b + 1], word_trans)
         done_until = b
     return out.tolist(), probs
+
+
+_WORDS = None  # jieba's tokenizer, loaded on first use
+
+
+def word_bounds(text: str) -> np.ndarray:
+    """Per position 0..len(text): True where a word of jieba's dictionary segmentation (no HMM guessing of
+    new words) starts or ends. Every gold span of the seeds starts at such a boundary but the five METRICs
+    电商... of 快手电商... (one dictionary word), which start where the ENTITY 快手 ends; decoding starts
+    mentions only there (`best_tags`): 本科工资 or nothing, not 科工资."""
+    global _WORDS
+    if _WORDS is None:
+        import logging
+
+        import jieba
+
+        logging.getLogger("jieba").setLevel(logging.WARNING)  # no "Building prefix dict ..." on stderr
+        tok = jieba.Tokenizer()
+        tok.initialize()
+        _WORDS = tok
+    bounds = np.zeros(len(text) + 1, bool)
+    bounds[0] = True
+    pos = 0
+    for w in _WORDS.cut(text, HMM=False):
+        pos += len(w)
+        bounds[pos] = True
+    return bounds
 
 
 @dataclass(frozen=True)
@@ -464,13 +512,16 @@ def _trim_metric(text: str, start: int, end: int) -> int:
 
 def decode(encoded: Encoded, token_logits: np.ndarray, id2tag: dict[int, str] | None = None,
            lexicon: dict[str, list[str]] | None = None) -> list[PredictedSpan]:
-    """Viterbi IOB2 decoding over tokens (`best_tags`), mapped to ORIGINAL offsets, tidied (`tidy_spans`),
+    """Viterbi IOB2 decoding over tokens (`best_tags`; mentions start and end at word boundaries,
+    `word_bounds`), mapped to ORIGINAL offsets, tidied (`tidy_spans`),
     ENTITY and METRIC fragments extended to the training data's terms (`extend_to_terms`, when the model
     directory has a lexicon)."""
     id2tag = id2tag or dict(enumerate(TAGS))
     if len(encoded.ids) == 0:
         return []
-    best, probs = best_tags(token_logits, id2tag)
+    bounds = word_bounds(encoded.norm.text)
+    inword = np.array([e > s and not bounds[s] for s, e in encoded.offsets], bool)
+    best, probs = best_tags(token_logits, id2tag, inword)
     spans: list[PredictedSpan] = []
     cur = None  # [label, start, end, [probs]]
     orig = encoded.norm.original

@@ -7,7 +7,7 @@
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl transformers==5.23.0 datasets==5.2.0 dill==0.4.1 \
 #       multiprocess==0.70.19 fsspec==2026.9.0 OpenCC==1.4.2 cn2an==0.5.24 proces==0.1.7
-#     .venv/bin/pip wheel --no-deps seqeval==1.2.2 -w .whl          # sdist only on PyPI
+#     .venv/bin/pip wheel --no-deps seqeval==1.2.2 jieba==0.42.1 -w .whl   # sdists only on PyPI
 #   device run: bash scripts/gpu_session.sh [cv|bench|facts|all]   carry: .whl .devpack
 #
 # On a machine set up with scripts/setup.sh, the same figures are simply

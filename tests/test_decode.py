@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nlp.align import TAGS, PredictedSpan, _viterbi, best_tags, tidy_spans
+from nlp.align import TAGS, PredictedSpan, _viterbi, best_tags, char_spans_to_normalized, tidy_spans, word_bounds
 from nlp.annotations import load_corpus, value_extent
 
 from conftest import GOLD
@@ -75,6 +75,77 @@ def test_viterbi_by_stretches_equals_viterbi_over_everything(scale, o_bias):
         assert _path_score(lg, path) == pytest.approx(_path_score(lg, full), abs=1e-6)
         stretched += path != lg.argmax(-1).tolist()
     assert stretched > 30  # the argmax path was invalid often enough for the stretches to be exercised
+
+
+def _breaks_a_word(prev: str, tag: str) -> bool:
+    """A mention starting inside a word, not where one of another label ends (the test's own statement of
+    the rule; an I- that starts a mention is not valid IOB2 anyway)."""
+    return tag.startswith("B-") and (prev == "O" or prev[2:] == tag[2:])
+
+
+@pytest.mark.parametrize("scale,o_bias", [(1.0, 0.0), (1.0, 3.0), (3.0, 0.0)])
+def test_viterbi_by_stretches_inside_words_equals_viterbi_over_everything(scale, o_bias):
+    """With tokens inside words (random here), the stretches still give the best path Viterbi over the whole
+    sequence gives under the word rule, and the path never starts a mention inside a word."""
+    rng = np.random.default_rng(int(scale * 10 + o_bias) + 7)
+    inside = np.array([t.startswith("I-") for t in TAGS])
+    iob2 = np.array([[not (b.startswith("I-") and a[2:] != b[2:]) for b in TAGS] for a in TAGS])
+    word = iob2 & ~np.array([[_breaks_a_word(a, b) for b in TAGS] for a in TAGS])
+    trans, word_trans = np.where(iob2, 0.0, -np.inf), np.where(word, 0.0, -np.inf)
+    changed = 0
+    for _ in range(300):
+        n = int(rng.integers(1, 150))
+        lg = rng.normal(size=(n, len(TAGS))) * scale
+        lg[:, 0] += o_bias * rng.integers(0, 2, n)
+        inword = rng.random(n) < 0.4
+        inword[0] = False
+        path, probs = best_tags(lg, ID2TAG, inword)
+        full = _viterbi(np.log(np.maximum(probs, 1e-30)), inside, trans, None, inword, word_trans)
+        tags = [TAGS[i] for i in path]
+        assert tags == repair_iob2(tags)
+        assert not any(_breaks_a_word(tags[t - 1], tags[t]) for t in range(1, n) if inword[t])
+        assert _path_score(lg, path) == pytest.approx(_path_score(lg, full), abs=1e-6)
+        changed += path != best_tags(lg, ID2TAG)[0]
+    assert changed > 30  # the word rule changed the answer often enough to matter
+
+
+def test_a_mention_is_not_cut_inside_a_word():
+    """The fold model of seed 002 really tagged 科工资 (O on 本): 本科 is one word, so 本科工资 or nothing;
+    the tagger's confident 科 decides. 快手电商 is one dictionary word, yet ENTITY 快手 + METRIC 电商GMV
+    stays possible (one label hands over to another), and 快手 may end inside it."""
+    text = "例如，本科工资约为36.6K"
+    bounds = word_bounds(text)
+    rows = [{"O": 0.9}] * 3 + [{"O": 0.55, "B-METRIC": 0.4}, {"B-METRIC": 0.6, "I-METRIC": 0.3}, {"I-METRIC": 0.9},
+                               {"I-METRIC": 0.9}] + [{"O": 0.9}] * 2 + [{"B-VALUE": 0.9}] + [{"I-VALUE": 0.9}] * 4
+    lg = _logits(rows)
+    assert "".join(text[i] for i, t in enumerate(best_tags(lg, ID2TAG)[0]) if TAGS[t] != "O" and i < 7) == "科工资"
+    tags = [TAGS[i] for i in best_tags(lg, ID2TAG, ~bounds[:len(text)])[0]]
+    assert tags[3:7] == ["B-METRIC", "I-METRIC", "I-METRIC", "I-METRIC"]
+    text = "快手电商GMV同比增长"
+    bounds = word_bounds(text)
+    assert not bounds[2]  # 快手电商 is one word
+    rows = [{"B-ENTITY": 0.9}, {"I-ENTITY": 0.9}, {"B-METRIC": 0.9}] + [{"I-METRIC": 0.9}] * 4 + [{"O": 0.9}] * 4
+    tags = [TAGS[i] for i in best_tags(_logits(rows), ID2TAG, ~bounds[:len(text)])[0]]
+    assert tags[:3] == ["B-ENTITY", "I-ENTITY", "B-METRIC"]
+
+
+def test_every_gold_span_is_a_fixed_point_of_the_word_rule():
+    """Each seed's gold tags, one token per character of the normalized text, decoded under the word rule
+    from confident logits: every one of the 856 gold spans comes back."""
+    from nlp.reader import normalize
+
+    n = 0
+    for doc in load_corpus(GOLD):
+        norm = normalize(doc.text)
+        tags = ["O"] * len(norm.text)
+        for sp in char_spans_to_normalized(doc, norm):
+            tags[sp.start:sp.end] = ["B-" + sp.label] + ["I-" + sp.label] * (sp.end - sp.start - 1)
+            n += 1
+        lg = np.full((len(tags), len(TAGS)), -5.0)
+        lg[np.arange(len(tags)), [TAGS.index(t) for t in tags]] = 5.0
+        path = best_tags(lg, ID2TAG, ~word_bounds(norm.text)[:len(tags)])[0]
+        assert [TAGS[i] for i in path] == tags, doc.doc
+    assert n == 856
 
 
 def test_every_gold_value_span_is_a_fixed_point_of_the_value_rules():
