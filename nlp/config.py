@@ -35,12 +35,6 @@ class DataConfig:
     train_windows: str = "fixed"
     """How training cuts documents: `fixed` (windows of max_length sharing `stride` tokens) or `sentences`
     (windows ending at a sentence end, as prediction always cuts them; `stride` only inside a long sentence)."""
-    augment_copies: int = 0
-    """Mention replacement (Dai & Adel, 2020): train also on this many copies of each training document in
-    which each span of an `augment_labels` label is, with probability `augment_prob`, replaced by another
-    training span of that label (0: no augmentation). Dev documents are never augmented."""
-    augment_prob: float = 0.5
-    augment_labels: list[str] = field(default_factory=lambda: ["ENTITY", "METRIC"])
 
 
 @dataclass
@@ -203,12 +197,6 @@ def _semantic_checks(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'data.stride' must be >= 0 and below half of data.max_length")
     if d.train_windows not in ("fixed", "sentences"):
         raise ConfigError(f"{source}: 'data.train_windows' must be fixed or sentences, got {d.train_windows!r}")
-    if d.augment_copies < 0 or not 0.0 <= d.augment_prob <= 1.0:
-        raise ConfigError(f"{source}: 'data.augment_copies' must be >= 0 and 'data.augment_prob' within 0..1")
-    bad = [lab for lab in d.augment_labels if lab not in ("ENTITY", "METRIC", "VALUE", "PERIOD")]
-    if bad:
-        raise ConfigError(f"{source}: 'data.augment_labels': unknown label {bad[0]!r} "
-                          f"(ENTITY, METRIC, VALUE or PERIOD)")
     if t.batch_size < 1 or t.grad_accum < 1:
         raise ConfigError(f"{source}: 'train.batch_size' and 'train.grad_accum' must be >= 1")
     if t.lr <= 0 or t.head_lr <= 0:

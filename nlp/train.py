@@ -20,7 +20,7 @@ import numpy as np
 
 from .align import (LEXICON_FILE, TAG2ID, TAGS, build_lexicon, char_spans_to_normalized, encode, make_windows,
                     token_tags)
-from .annotations import LABELS, Document, Span, atomic_write_json, atomic_write_text, load_corpus, read_json
+from .annotations import LABELS, Document, atomic_write_json, atomic_write_text, load_corpus, read_json
 from .config import RunConfig, dump_config, to_dict
 from .evaluate import Evaluation, evaluate_model, evaluate_saved, pooled, summary_line, write_report
 
@@ -41,38 +41,6 @@ def split_documents(docs: list[Document], dev_docs: list[str]) -> tuple[list[Doc
     if not train:
         raise ValueError("data.dev_docs leaves no document to train on")
     return train, dev
-
-
-def augment_documents(docs: list[Document], copies: int, prob: float, labels: list[str],
-                      seed: int) -> list[Document]:
-    """Mention replacement (Dai & Adel, "An Analysis of Simple Data Augmentation for Named Entity
-    Recognition", 2020): `copies` new documents per document, in each of which every span of a `labels`
-    label is, with probability `prob`, replaced by the text of another span of that label from `docs`. The
-    rest of the text and every other span are kept, offsets shifted. The tagger then learns a name's
-    boundaries from its context more than from the name itself, which is what unseen metrics need."""
-    if copies <= 0 or not docs:
-        return []
-    rng = np.random.default_rng(seed)
-    pool = {lab: sorted({s.text for d in docs for s in d.spans if s.label == lab and s.text.strip()})
-            for lab in labels}
-    out = []
-    for k in range(copies):
-        for doc in docs:
-            parts, spans, pos, shift = [], [], 0, 0
-            for sp in sorted(doc.spans):
-                text = sp.text
-                choices = pool.get(sp.label, ())
-                if len(choices) > 1 and rng.random() < prob:
-                    text = choices[int(rng.integers(len(choices)))]
-                parts.append(doc.text[pos:sp.start])
-                parts.append(text)
-                start = sp.start + shift
-                spans.append(Span(start, start + len(text), sp.label, text))
-                shift += len(text) - (sp.end - sp.start)
-                pos = sp.end
-            parts.append(doc.text[pos:])
-            out.append(Document(f"{doc.doc}#aug{k + 1}", "".join(parts), spans))
-    return out
 
 
 def build_windows(tokenizer, docs: list[Document], max_length: int, stride: int,
@@ -234,8 +202,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     if tc.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    augmented = augment_documents(train_docs, dc.augment_copies, dc.augment_prob, dc.augment_labels, cfg.seed)
-    rows, straddles = build_windows(tokenizer, train_docs + augmented, dc.max_length, dc.stride,
+    rows, straddles = build_windows(tokenizer, train_docs, dc.max_length, dc.stride,
                                     sentences=dc.train_windows == "sentences")
     ds = to_dataset(rows)
     sampler = EpochShuffle(len(ds), cfg.seed)
@@ -277,8 +244,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         log(f"resuming from step {state['step']} (epoch {state['epoch']}, best dev F1 {state['best_f1']:.3f})")
     if main:
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    log(f"train: {len(train_docs)} documents{f' (+{len(augmented)} augmented copies)' if augmented else ''}, "
-        f"{len(rows)} windows; dev: {len(dev_docs)} documents "
+    log(f"train: {len(train_docs)} documents, {len(rows)} windows; dev: {len(dev_docs)} documents "
         f"({', '.join(d.doc for d in dev_docs) or 'none'}); {total_steps} optimizer steps; "
         f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
 

@@ -36,8 +36,6 @@ def _write(tmp_path, text):
     ("data:\n  annotations: [no/such/dir]\n", "'data.annotations': no/such/dir does not exist"),
     ("data:\n  max_length: 100\n  stride: 60\n", "'data.stride'"),
     ("data:\n  train_windows: paragraphs\n", "'data.train_windows' must be fixed or sentences"),
-    ("data:\n  augment_prob: 1.5\n", "'data.augment_prob' within 0..1"),
-    ("data:\n  augment_labels: [MONEY]\n", "'data.augment_labels': unknown label 'MONEY'"),
     ("train: [1, 2\n", "malformed YAML"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("train: 3\n", "'train' must be a mapping"),
