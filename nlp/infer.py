@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .align import (PredictedSpan, Window, decode, merge_window_logits, o_tag_index, predict_documents, predict_logits,
-                    prepare_document, read_lexicon)
+                    prepare_document, read_lexicon, word_bounds)
 from .config import check_model_dir, run_settings
 
 
@@ -155,8 +155,9 @@ class Extractor:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
 
-                # fork (Linux): the workers start at once with the tokenizer in memory; they never touch the
-                # model. Elsewhere fork is unsafe with system frameworks: spawn.
+                # fork (Linux): the workers start at once with the tokenizer and the word dictionary in memory;
+                # they never touch the model. Elsewhere fork is unsafe with system frameworks: spawn.
+                word_bounds("")
                 ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
                 before = os.environ.get("TOKENIZERS_PARALLELISM")
                 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # each worker tokenizes on one thread
@@ -245,6 +246,7 @@ _WORKER: dict = {}
 def _worker_init(state: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _WORKER.update(state)
+    word_bounds("")  # the dictionary, before the first document (inherited already when forked)
 
 
 def _zip_names(texts: Iterable[str], docs: Iterable[str] | None) -> Iterator[tuple[str, str | None]]:
