@@ -310,9 +310,10 @@ _WORDS = None  # jieba's tokenizer, loaded on first use
 
 def word_bounds(text: str) -> np.ndarray:
     """Per position 0..len(text): True where a word of jieba's dictionary segmentation (no HMM guessing of
-    new words) starts or ends. Every gold span of the seeds starts at such a boundary but the five METRICs
-    电商... of 快手电商... (one dictionary word), which start where the ENTITY 快手 ends; decoding starts
-    mentions only there (`best_tags`): 本科工资 or nothing, not 科工资."""
+    new words) starts or ends. Every gold span of the seeds starts at such a boundary but five METRICs,
+    each where a mention of another label ends inside a word: four 电商... after the ENTITY 快手 of 快手电商
+    (one dictionary word), 日活 after the VALUE 2.6亿. Decoding starts mentions only at a boundary or where
+    another label hands over (`best_tags`): 本科工资 or nothing, not 科工资."""
     global _WORDS
     if _WORDS is None:
         import logging
