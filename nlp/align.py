@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def _viterbi(logp: np.ndarray, inside: np.ndarray, trans: np.ndarray, end: int |
 def _transitions(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Allowed tag transitions (a row's tag followed by a column's): IOB2 (I-X only after B-X or I-X), and
     the stricter set into a token inside a word (`word_bounds`): no mention starts there, unless one of
-    another label hands over to it (快手|电商GMV: 快手电商 is one dictionary word). Mentions may end inside a
+    another label hands over to it (快手 + 电商GMV, which jieba cuts 快|手电|商). Mentions may end inside a
     word (快手 of 快手电商生态 is a gold ENTITY); forbidding that too scored lower (BENCHMARKS.md)."""
     def iob2(a: str, b: str) -> bool:
         return not (b.startswith("I-") and a[2:] != b[2:])
@@ -306,31 +307,53 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str],
 
 
 _WORDS = None  # jieba's tokenizer, loaded on first use
+_WORDS_LOCK = threading.Lock()
+_ASCII_SWITCH = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
 
 
 def word_bounds(text: str) -> np.ndarray:
     """Per position 0..len(text): True where a word of jieba's dictionary segmentation (no HMM guessing of
-    new words) starts or ends. Every gold span of the seeds starts at such a boundary but five METRICs,
-    each where a mention of another label ends inside a word: four 电商... after the ENTITY 快手 of 快手电商
-    (one dictionary word), 日活 after the VALUE 2.6亿. Decoding starts mentions only at a boundary or where
-    another label hands over (`best_tags`): 本科工资 or nothing, not 科工资."""
+    new words) starts or ends, and where ASCII letters meet digits (jieba keeps DAU3 of DAU3.8亿 together).
+    Every gold span of the seeds starts at such a boundary but five METRICs, each where a mention of another
+    label ends inside a word: four 电商... after the ENTITY 快手 (jieba cuts 快手电商 快|手电|商), 日活 after the
+    VALUE 2.6亿 (亿日 is a word). Decoding starts mentions only at a boundary or where another label hands
+    over (`best_tags`): 本科工资 or nothing, not 科工资. Where the dictionary lacks a domain word (营收 is cut
+    营|收) the rule simply allows more."""
     global _WORDS
-    if _WORDS is None:
-        import logging
+    with _WORDS_LOCK:
+        if _WORDS is None:
+            import logging
 
-        import jieba
+            import jieba
 
-        logging.getLogger("jieba").setLevel(logging.WARNING)  # no "Building prefix dict ..." on stderr
-        tok = jieba.Tokenizer()
-        tok.initialize()
-        _WORDS = tok
+            logging.getLogger("jieba").setLevel(logging.WARNING)  # no "Building prefix dict ..." on stderr
+            tok = jieba.Tokenizer()
+            tok.initialize()
+            _WORDS = tok
     bounds = np.zeros(len(text) + 1, bool)
     bounds[0] = True
     pos = 0
     for w in _WORDS.cut(text, HMM=False):
         pos += len(w)
         bounds[pos] = True
+    for m in _ASCII_SWITCH.finditer(text):
+        bounds[m.start()] = True
     return bounds
+
+
+def inside_words(encoded: Encoded, bounds: np.ndarray) -> np.ndarray:
+    """Per token: True when no word starts anywhere in it (`word_bounds`), so no mention may start there. A
+    token with no characters (a bare marker) takes the value of the next token that has some: a mention
+    opened on it would start inside that token's word."""
+    starts = np.concatenate([[0], np.cumsum(bounds[:-1])])  # starts[i]: word starts before position i
+    out = np.zeros(len(encoded.offsets), bool)
+    nxt = False
+    for t in range(len(encoded.offsets) - 1, -1, -1):
+        s, e = encoded.offsets[t]
+        if e > s:
+            nxt = starts[e] - starts[s] == 0
+        out[t] = nxt
+    return out
 
 
 @dataclass(frozen=True)
@@ -513,16 +536,14 @@ def _trim_metric(text: str, start: int, end: int) -> int:
 
 def decode(encoded: Encoded, token_logits: np.ndarray, id2tag: dict[int, str] | None = None,
            lexicon: dict[str, list[str]] | None = None) -> list[PredictedSpan]:
-    """Viterbi IOB2 decoding over tokens (`best_tags`; mentions start and end at word boundaries,
-    `word_bounds`), mapped to ORIGINAL offsets, tidied (`tidy_spans`),
+    """Viterbi IOB2 decoding over tokens (`best_tags`; no mention starts inside a word, `word_bounds`),
+    mapped to ORIGINAL offsets, tidied (`tidy_spans`),
     ENTITY and METRIC fragments extended to the training data's terms (`extend_to_terms`, when the model
     directory has a lexicon)."""
     id2tag = id2tag or dict(enumerate(TAGS))
     if len(encoded.ids) == 0:
         return []
-    bounds = word_bounds(encoded.norm.text)
-    inword = np.array([e > s and not bounds[s] for s, e in encoded.offsets], bool)
-    best, probs = best_tags(token_logits, id2tag, inword)
+    best, probs = best_tags(token_logits, id2tag, inside_words(encoded, word_bounds(encoded.norm.text)))
     spans: list[PredictedSpan] = []
     cur = None  # [label, start, end, [probs]]
     orig = encoded.norm.original

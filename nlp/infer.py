@@ -157,8 +157,10 @@ class Extractor:
 
                 # fork (Linux): the workers start at once with the tokenizer and the word dictionary in memory;
                 # they never touch the model. Elsewhere fork is unsafe with system frameworks: spawn.
-                word_bounds("")
-                ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+                fork = sys.platform.startswith("linux")
+                if fork:
+                    word_bounds("")
+                ctx = mp.get_context("fork" if fork else "spawn")
                 before = os.environ.get("TOKENIZERS_PARALLELISM")
                 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # each worker tokenizes on one thread
                 try:
@@ -246,7 +248,7 @@ _WORKER: dict = {}
 def _worker_init(state: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _WORKER.update(state)
-    word_bounds("")  # the dictionary, before the first document (inherited already when forked)
+    word_bounds("")  # the word dictionary, before the first document (inherited already when forked)
 
 
 def _zip_names(texts: Iterable[str], docs: Iterable[str] | None) -> Iterator[tuple[str, str | None]]:

@@ -111,8 +111,8 @@ def test_viterbi_by_stretches_inside_words_equals_viterbi_over_everything(scale,
 
 def test_a_mention_is_not_cut_inside_a_word():
     """The fold model of seed 002 really tagged 科工资 (O on 本): 本科 is one word, so 本科工资 or nothing;
-    the tagger's confident 科 decides. 快手电商 is one dictionary word, yet ENTITY 快手 + METRIC 电商GMV
-    stays possible (one label hands over to another), and 快手 may end inside it."""
+    the tagger's confident 科 decides. jieba cuts 快手电商 快|手电|商, yet ENTITY 快手 + METRIC 电商GMV stays
+    possible (one label hands over to another), and 快手 may end inside a word."""
     text = "例如，本科工资约为36.6K"
     bounds = word_bounds(text)
     rows = [{"O": 0.9}] * 3 + [{"O": 0.55, "B-METRIC": 0.4}, {"B-METRIC": 0.6, "I-METRIC": 0.3}, {"I-METRIC": 0.9},
@@ -123,10 +123,42 @@ def test_a_mention_is_not_cut_inside_a_word():
     assert tags[3:7] == ["B-METRIC", "I-METRIC", "I-METRIC", "I-METRIC"]
     text = "快手电商GMV同比增长"
     bounds = word_bounds(text)
-    assert not bounds[2]  # 快手电商 is one word
+    assert not bounds[2]  # 电 is inside 手电
     rows = [{"B-ENTITY": 0.9}, {"I-ENTITY": 0.9}, {"B-METRIC": 0.9}] + [{"I-METRIC": 0.9}] * 4 + [{"O": 0.9}] * 4
     tags = [TAGS[i] for i in best_tags(_logits(rows), ID2TAG, ~bounds[:len(text)])[0]]
     assert tags[:3] == ["B-ENTITY", "I-ENTITY", "B-METRIC"]
+
+
+def test_decode_maps_tokens_to_words():
+    """Through `decode` and the embedded model's real tokenizer: the tagger's 科工资 comes out as 本科工资; a
+    token with no characters takes the word state of the next one; a token is inside a word only if no word
+    starts anywhere in it; letters and digits meet at a boundary (DAU3.8亿: a VALUE may start at 3)."""
+    from nlp.align import Encoded, decode, encode, inside_words
+    from nlp.train import load_model_and_tokenizer
+
+    _, tok = load_model_and_tokenizer("builtin:e5-small-zh")
+    text = "例如，本科工资约为36.6K。"
+    enc = encode(tok, text)
+    chars = [enc.norm.text[s:e] for s, e in enc.offsets]
+    rows = []
+    for c in chars:
+        rows.append({"本": {"O": 0.55, "B-METRIC": 0.4}, "科": {"B-METRIC": 0.6, "I-METRIC": 0.3},
+                     "工": {"I-METRIC": 0.9}, "资": {"I-METRIC": 0.9}, "3": {"B-VALUE": 0.9},
+                     "6.6": {"I-VALUE": 0.9}, "K": {"I-VALUE": 0.9}}.get(c, {"O": 0.9}))
+    assert chars[9:12] == ["3", "6.6", "K"]  # 6.6 starts inside jieba's 36 but holds the boundary before .
+    assert inside_words(enc, word_bounds(enc.norm.text))[9:12].tolist() == [False, False, False]
+    assert [s.text for s in decode(enc, _logits(rows))] == ["本科工资", "36.6K"]
+    # without the rule (every token free) the same logits give the fragment, which tidy_spans keeps
+    free = best_tags(_logits(rows), ID2TAG)[0]
+    assert "".join(c for c, t in zip(chars, free) if TAGS[t].endswith("METRIC")) == "科工资"
+
+    enc = encode(tok, "DAU3.8亿本科")
+    assert [enc.norm.text[s:e] for s, e in enc.offsets] == ["D", "AU", "3.8", "亿", "本", "科"]
+    bounds = word_bounds(enc.norm.text)
+    assert bounds[3]  # DAU|3: jieba alone keeps DAU3 together
+    assert inside_words(enc, bounds).tolist() == [False, True, False, False, False, True]
+    bare = Encoded(enc.norm, [0] * 4, [(0, 3), (3, 6), (8, 8), (8, 9)])  # a marker before 科 is inside 本科 like 科
+    assert inside_words(bare, bounds).tolist() == [False, False, True, True]
 
 
 def test_every_gold_span_is_a_fixed_point_of_the_word_rule():
