@@ -5,7 +5,8 @@ overlapping windows of `max_length` tokens (`stride` tokens shared between neigh
 the IOB2 tag of the gold span it begins or continues.
 
 Backward (prediction): the text is cut into windows that end at sentence ends; per-token logits are
-averaged where windows overlap, decoded to the most probable valid IOB2 sequence (Viterbi), turned into
+averaged where windows overlap, decoded to the most probable valid IOB2 sequence in which no mention
+starts inside a word (Viterbi; jieba's dictionary segmentation gives the words), turned into
 spans mapped to ORIGINAL character offsets through the reader's map, and tidied by the schema's boundary
 rules (`tidy_spans`).
 """
@@ -259,8 +260,8 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str],
     """The most probable VALID IOB2 tag sequence (Viterbi over per-token log-probabilities, I-X allowed only
     after B-X or I-X) and the per-token probabilities. Scored on the seeds' cross-validation logits this beats
     per-token argmax plus repair by 0.05 micro F1 (BENCHMARKS.md): a weak I- no longer splits a span, a
-    confident I- pulls its uncertain B- in. `inword` (per token, from `word_bounds`): the token starts inside
-    a word, where no mention may start (`_transitions`).
+    confident I- pulls its uncertain B- in. `inword` (per token, from `inside_words`): no word starts in the
+    token, so no mention may start there either (`_transitions`).
 
     Exact, and fast: the per-token argmax path is the answer wherever it is valid, so Viterbi runs only on
     the stretches around an invalid step. A stretch ends after a token c whose argmax tag is not I-*, whose
