@@ -14,6 +14,7 @@ rules (`tidy_spans`).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 import threading
@@ -240,7 +241,8 @@ def _viterbi(logp: np.ndarray, inside: np.ndarray, trans: np.ndarray, end: int |
     return path[::-1]
 
 
-def _transitions(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=8)
+def _transitions(tags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Allowed tag transitions (a row's tag followed by a column's): IOB2 (I-X only after B-X or I-X), and
     the stricter set into a token inside a word (`word_bounds`): no mention starts there, unless one of
     another label hands over to it (快手 + 电商GMV, which jieba cuts 快|手电|商). Mentions may end inside a
@@ -252,7 +254,10 @@ def _transitions(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return not b.startswith("B-") or (a != "O" and a[2:] != b[2:])
 
     allowed = np.array([[iob2(a, b) for b in tags] for a in tags])
-    return allowed, allowed & np.array([[in_word(a, b) for b in tags] for a in tags])
+    word_allowed = allowed & np.array([[in_word(a, b) for b in tags] for a in tags])
+    for table in (allowed, word_allowed):
+        table.setflags(write=False)  # cached per tag set: shared by every document
+    return allowed, word_allowed
 
 
 def best_tags(token_logits: np.ndarray, id2tag: dict[int, str],
@@ -275,7 +280,7 @@ def best_tags(token_logits: np.ndarray, id2tag: dict[int, str],
     logp = np.log(np.maximum(probs, 1e-30))
     tags = [id2tag[i] for i in range(k)]
     inside = np.array([t.startswith("I-") for t in tags])
-    allowed, word_allowed = _transitions(tags)
+    allowed, word_allowed = _transitions(tuple(tags))
     trans = np.where(allowed, 0.0, -np.inf)
     word_trans = np.where(word_allowed, 0.0, -np.inf)
     free = np.ones(n, bool) if inword is None else ~np.asarray(inword, bool)
@@ -515,7 +520,7 @@ _METRIC_PERIOD_LEAD = re.compile(f"[本该當当]?{_SPACE}*(?:{'|'.join(map(_spa
 
 
 # 不过平均月活用户: a conjunction or discourse word opening the clause (no gold METRIC starts with one)
-_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但)[,，、 \t\u00a0\u3000]*")
+_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但)(?:[,，、]|" + _SPACE + ")*")
 
 
 def _metric_head(text: str, start: int, end: int) -> int:
