@@ -133,6 +133,55 @@ def load_corpus(paths: list[str | Path] | str | Path) -> list[Document]:
     return docs
 
 
+# --------------------------------------------------------------------------------------------- inline markup
+
+_INLINE = re.compile(r"\{\{|\}\}")
+
+
+def parse_inline(marked: str, doc: str, where: str | None = None) -> Document:
+    """A document written with inline spans, ``{{LABEL|mention}}`` (``{{VALUE|311亿元}}``), as a Document:
+    the plain text (the markup removed) and one span per mark. A quick way to write annotated text by hand.
+    Raises AnnotationError naming `where` (default `doc`), the line and the column of the first problem:
+    an unclosed or nested mark, an unknown label, an empty mention, whitespace at a mention's edges."""
+    where = where or doc
+    out: list[str] = []
+    spans: list[Span] = []
+    n, pos, open_at = 0, 0, None  # n: characters of plain text so far
+
+    def fail(i: int, msg: str):
+        line = marked.count("\n", 0, i) + 1
+        col = i - (marked.rfind("\n", 0, i) + 1) + 1
+        raise AnnotationError(f"{where}: line {line}, column {col}: {msg}")
+
+    for m in _INLINE.finditer(marked):
+        chunk = marked[pos:m.start()]
+        if m.group() == "{{":
+            if open_at is not None:
+                fail(m.start(), "'{{' inside a mark (marks do not nest)")
+            out.append(chunk)
+            n += len(chunk)
+            open_at = m.start()
+        else:
+            if open_at is None:
+                fail(m.start(), "'}}' without an opening '{{'")
+            label, bar, mention = chunk.partition("|")
+            if not bar or label not in LABELS:
+                fail(open_at, f"mark {marked[open_at:m.end()]!r}: write {{{{LABEL|mention}}}} with LABEL one of "
+                              f"{', '.join(LABELS)}")
+            if not mention or mention != mention.strip():
+                fail(open_at, f"mark {marked[open_at:m.end()]!r}: the mention is empty or starts or ends with "
+                              f"whitespace")
+            spans.append(Span(n, n + len(mention), label, mention))
+            out.append(mention)
+            n += len(mention)
+            open_at = None
+        pos = m.end()
+    if open_at is not None:
+        fail(open_at, "'{{' is never closed")
+    out.append(marked[pos:])
+    return Document(doc=doc, text="".join(out), spans=spans)
+
+
 # --------------------------------------------------------------------------------------------- validation
 
 def _parse_store(path: Path, seeds_dir: Path | None) -> tuple[list[Document], list[str]]:
@@ -315,17 +364,24 @@ class ValidationReport:
     documents: list[Document]
     errors: list[str]
     facts: dict[str, int]
+    synthetic: list[Document] = field(default_factory=list)
+    """Documents of stores under a `synthetic/` folder: training-only extras, not gold (no facts)."""
 
     def table(self) -> str:
         lines = [f"{'document':<34}" + "".join(f"{lab:>8}" for lab in LABELS) + f"{'facts':>8}"]
-        totals: Counter = Counter()
-        for d in self.documents:
-            c = Counter(s.label for s in d.spans)
-            totals.update(c)
-            lines.append(f"{d.doc:<34}" + "".join(f"{c[lab]:>8}" for lab in LABELS)
-                         + f"{self.facts.get(d.doc, 0):>8}")
-        lines.append(f"{'total':<34}" + "".join(f"{totals[lab]:>8}" for lab in LABELS)
-                     + f"{sum(self.facts.values()):>8}")
+        for title, docs in (("", self.documents), ("synthetic (training only)", self.synthetic)):
+            if title and not docs:
+                continue
+            if title:
+                lines.append(title)
+            totals: Counter = Counter()
+            for d in docs:
+                c = Counter(s.label for s in d.spans)
+                totals.update(c)
+                lines.append(f"{d.doc:<34}" + "".join(f"{c[lab]:>8}" for lab in LABELS)
+                             + f"{self.facts.get(d.doc, 0):>8}")
+            lines.append(f"{'total':<34}" + "".join(f"{totals[lab]:>8}" for lab in LABELS)
+                         + f"{sum(self.facts.get(d.doc, 0) for d in docs):>8}")
         return "\n".join(lines)
 
 
@@ -339,6 +395,7 @@ def validate_tree(root: str | Path = "annotations", seeds_dir: str | Path | None
         errors.append(f"{root}: no annotation files found")
     gold: dict[str, Document] = {}
     documents: list[Document] = []
+    synthetic: list[Document] = []
     fact_files = []
     for f in files:
         if "facts" in f.relative_to(root).parts[:-1]:
@@ -346,7 +403,10 @@ def validate_tree(root: str | Path = "annotations", seeds_dir: str | Path | None
             continue
         docs, errs = _parse_store(f, seeds)
         errors.extend(errs)
-        if "passes" not in f.relative_to(root).parts:
+        if "synthetic" in f.relative_to(root).parts:
+            errors.extend(_inline_source_errors(f, docs))
+            synthetic.extend(docs)
+        elif "passes" not in f.relative_to(root).parts:
             for d in docs:
                 if d.doc in gold:
                     errors.append(f"{f}: document {d.doc} is annotated twice in the gold store")
@@ -361,7 +421,26 @@ def validate_tree(root: str | Path = "annotations", seeds_dir: str | Path | None
             facts[obj["doc"]] = len(obj["facts"])
         except (AnnotationError, KeyError, TypeError):
             pass
-    return ValidationReport(documents=documents, errors=errors, facts=facts)
+    return ValidationReport(documents=documents, errors=errors, facts=facts, synthetic=synthetic)
+
+
+def _inline_source_errors(store: Path, docs: list[Document]) -> list[str]:
+    """A store made by `nlp annotations from-inline` must still equal its source `src/<stem>.txt` beside it."""
+    src = store.parent / "src" / f"{store.stem}.txt"
+    if not src.is_file():
+        return []
+    from .reader import read_text
+
+    try:
+        want = parse_inline(read_text(src), f"{store.stem}.txt", where=str(src))
+    except (AnnotationError, ValueError) as e:
+        return [str(e)]
+    got = docs[0] if len(docs) == 1 else None
+    if got is None or got.text != want.text or [(s.start, s.end, s.label) for s in got.spans] != \
+            [(s.start, s.end, s.label) for s in want.spans]:
+        return [f"{store}: differs from its source {src} (run `nlp annotations from-inline {src} --out "
+                f"{store.parent}`)"]
+    return []
 
 
 # --------------------------------------------------------------------------------------------- agreement

@@ -30,7 +30,9 @@ def cmd_validate(args) -> int:
             print(f"  {e}", file=sys.stderr)
         return 1
     print(f"\nok: {len(rep.documents)} documents, {sum(len(d.spans) for d in rep.documents)} spans, "
-          f"{sum(rep.facts.values())} facts")
+          f"{sum(rep.facts.values())} facts"
+          + (f"; {len(rep.synthetic)} synthetic documents (training only), "
+             f"{sum(len(d.spans) for d in rep.synthetic)} spans" if rep.synthetic else ""))
     return 0
 
 
@@ -46,6 +48,25 @@ def cmd_agreement(args) -> int:
     if args.json:
         print(json.dumps(ag, indent=1))
     return 0
+
+
+def cmd_from_inline(args) -> int:
+    from .annotations import AnnotationError, parse_inline, save_documents
+    from .reader import ReadError, read_text
+
+    out = Path(args.out)
+    failed = 0
+    for src in args.files:
+        src = Path(src)
+        try:
+            doc = parse_inline(read_text(src), f"{src.stem}.txt", where=str(src))
+        except (AnnotationError, ReadError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        save_documents(out / f"{src.stem}.json", [doc])
+        print(f"{src} -> {out / (src.stem + '.json')}: {len(doc.text)} characters, {len(doc.spans)} spans")
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -279,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--second", nargs="+", required=True, help="store file(s) of the second pass")
     ag.add_argument("--json", action="store_true", help="also print the figures as JSON")
     ag.set_defaults(func=cmd_agreement)
+    fi = asub.add_parser("from-inline", help="convert text written with inline spans {{LABEL|mention}} to stores",
+                         description="Each FILE is a document written with inline marks, {{LABEL|mention}} (e.g. "
+                                     "{{VALUE|311亿元}}); it becomes the store OUT/<file stem>.json holding the "
+                                     "plain text and its spans (document name <file stem>.txt). A broken mark is "
+                                     "reported with its line and column and that file is skipped.")
+    fi.add_argument("files", nargs="+", metavar="FILE", help="marked-up text files")
+    fi.add_argument("--out", required=True, help="folder for the store files")
+    fi.set_defaults(func=cmd_from_inline)
 
     def run_opts(sp):
         sp.add_argument("config", nargs="?", default=None,

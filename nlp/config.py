@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from .annotations import LABELS
+
 
 class ConfigError(ValueError):
     """A config problem; the message names the file and the key."""
@@ -27,6 +29,16 @@ class DataConfig:
     dev_docs: list[str] = field(default_factory=list)
     """Documents held out for evaluation and early stopping (file names, e.g. 004_62a5c04a52bade59.txt).
     Empty: the last document in name order. Splits are by DOCUMENT: no document is in train and dev."""
+    extra_train: list[str] = field(default_factory=list)
+    """More span stores used for TRAINING ONLY: never a dev document, never a cross-validation fold (e.g. the
+    synthetic documents of annotations/synthetic). Their document names must differ from those of
+    `annotations`."""
+    extra_train_labels: list[str] = field(default_factory=lambda: list(LABELS))
+    """The labels the `extra_train` documents teach. The tokens of their spans of any other label are left
+    out of the loss (taught neither that label nor O), and those spans are not training terms (lexicon.json)."""
+    repeat_annotations: int = 1
+    """Each epoch takes the training windows of `annotations` this many times and those of `extra_train`
+    once: keeps the real documents' weight when many extra ones are added."""
     max_length: int = 256
     """Tokens per window (special tokens included)."""
     stride: int = 64
@@ -207,9 +219,15 @@ def _semantic_checks(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'train.device' must be auto, cpu or cuda")
     if t.epochs <= 0 and t.max_steps <= 0:
         raise ConfigError(f"{source}: set 'train.epochs' > 0 or 'train.max_steps' > 0")
-    for p in d.annotations:
-        if not Path(p).exists():
-            raise ConfigError(f"{source}: 'data.annotations': {p} does not exist")
+    for key in ("annotations", "extra_train"):
+        for p in getattr(d, key):
+            if not Path(p).exists():
+                raise ConfigError(f"{source}: 'data.{key}': {p} does not exist")
+    if d.repeat_annotations < 1:
+        raise ConfigError(f"{source}: 'data.repeat_annotations' must be >= 1, got {d.repeat_annotations}")
+    if not d.extra_train_labels or any(lab not in LABELS for lab in d.extra_train_labels):
+        raise ConfigError(f"{source}: 'data.extra_train_labels' must list labels among {', '.join(LABELS)}, "
+                          f"got {d.extra_train_labels!r}")
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import (LEXICON_FILE, TAG2ID, TAGS, build_lexicon, char_spans_to_normalized, encode, make_windows,
-                    token_tags)
+from .align import (IGNORE, LEXICON_FILE, TAG2ID, TAGS, build_lexicon, char_spans_to_normalized, encode,
+                    make_windows, token_tags)
 from .annotations import LABELS, Document, atomic_write_json, atomic_write_text, load_corpus, read_json
 from .config import RunConfig, dump_config, to_dict
 from .evaluate import Evaluation, evaluate_model, evaluate_saved, pooled, summary_line, write_report
@@ -43,14 +43,37 @@ def split_documents(docs: list[Document], dev_docs: list[str]) -> tuple[list[Doc
     return train, dev
 
 
+def extra_documents(extra: list[str], annotated: list[Document]) -> list[Document]:
+    """The documents of the `data.extra_train` stores (training only); none may share a name with an
+    annotated document."""
+    if not extra:
+        return []
+    more = load_corpus(extra)
+    clash = sorted({d.doc for d in more} & {d.doc for d in annotated})
+    if clash:
+        raise ValueError(f"data.extra_train: {', '.join(clash)} also in data.annotations (give them other names)")
+    return more
+
+
+def training_lexicon(train_docs: list[Document], extra: list[Document], skip: tuple[str, ...]) -> dict:
+    """The training terms (align.build_lexicon) of the training documents and of the extra ones, whose
+    spans of the `skip` labels are not learned and so not terms either."""
+    kept = [Document(d.doc, d.text, [s for s in d.spans if s.label not in skip]) for d in extra]
+    return build_lexicon(train_docs + kept)
+
+
 def build_windows(tokenizer, docs: list[Document], max_length: int, stride: int,
-                  sentences: bool = False) -> tuple[list[dict], int]:
+                  sentences: bool = False, skip: tuple[str, ...] = ()) -> tuple[list[dict], int]:
     """Training examples (input_ids, attention_mask, labels) of every window of every document, and the
-    number of gold span boundaries that fell inside a token."""
+    number of gold span boundaries that fell inside a token. The tokens of spans labelled one of `skip` are
+    left out of the loss (-100): neither that label nor O is taught there."""
+    skipped = {TAG2ID[f"{p}-{lab}"] for lab in skip for p in "BI"}
     rows, straddles = [], 0
     for i, doc in enumerate(docs):
         enc = encode(tokenizer, doc.text)
         tags, n = token_tags(enc, char_spans_to_normalized(doc, enc.norm))
+        if skipped:
+            tags = [IGNORE if t in skipped else t for t in tags]
         straddles += n
         for w in make_windows(tokenizer, enc, max_length, stride, doc_index=i, token_tags=tags, sentences=sentences):
             rows.append({"input_ids": w.input_ids, "attention_mask": [1] * len(w.input_ids), "labels": w.labels})
@@ -196,7 +219,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     docs = load_corpus(dc.annotations)
     train_docs, dev_docs = split_documents(docs, dc.dev_docs)
-    lexicon = build_lexicon(train_docs)  # the training terms decoding extends fragments to (align.extend_to_terms)
+    extra = extra_documents(dc.extra_train, docs)
+    skip = tuple(lab for lab in LABELS if lab not in dc.extra_train_labels)
+    lexicon = training_lexicon(train_docs, extra, skip)  # the terms decoding extends fragments to (extend_to_terms)
     if main:
         atomic_write_json(out_dir / LEXICON_FILE, lexicon)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
@@ -204,6 +229,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         model.get_input_embeddings().weight.requires_grad_(False)
     rows, straddles = build_windows(tokenizer, train_docs, dc.max_length, dc.stride,
                                     sentences=dc.train_windows == "sentences")
+    rows = rows * dc.repeat_annotations
+    if extra:
+        more, n = build_windows(tokenizer, extra, dc.max_length, dc.stride,
+                                sentences=dc.train_windows == "sentences", skip=skip)
+        rows, straddles = rows + more, straddles + n
     ds = to_dataset(rows)
     sampler = EpochShuffle(len(ds), cfg.seed)
     # The loader gets a generator of its own: creating an iterator must not draw from the global torch RNG
@@ -244,7 +274,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         log(f"resuming from step {state['step']} (epoch {state['epoch']}, best dev F1 {state['best_f1']:.3f})")
     if main:
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    log(f"train: {len(train_docs)} documents, {len(rows)} windows; dev: {len(dev_docs)} documents "
+    more = f" (+{len(extra)} from data.extra_train, learning {', '.join(dc.extra_train_labels)})" if extra else ""
+    if dc.repeat_annotations > 1:
+        more += f", annotated ones taken {dc.repeat_annotations} times per epoch"
+    log(f"train: {len(train_docs)} documents{more}, {len(rows)} windows; dev: {len(dev_docs)} documents "
         f"({', '.join(d.doc for d in dev_docs) or 'none'}); {total_steps} optimizer steps; "
         f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
 
@@ -350,10 +383,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             "best_dev_f1": result.best_f1, "best_step": result.best_step, "steps": result.steps,
             "seconds": round(result.seconds, 1), "samples_per_second": round(result.samples_per_second, 2),
             "peak_rss_mb": round(result.peak_rss_mb, 1), "train_documents": [d.doc for d in train_docs],
+            "extra_train_documents": [d.doc for d in extra], "extra_train_labels": list(dc.extra_train_labels),
             "dev_documents": [d.doc for d in dev_docs], "train_windows": len(rows),
             "gold_boundaries_inside_a_token": straddles, "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision})
-        write_model_card(cfg, out_dir, train_docs, dev_docs, result)
+        write_model_card(cfg, out_dir, train_docs + extra, dev_docs, result)
     return result
 
 
@@ -512,7 +546,9 @@ def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, l
             log(f"== fold: held-out {d} (trained before: scoring {fold_dir})")
             train_docs, dev_docs = split_documents(docs, [d])
             if not (fold_dir / LEXICON_FILE).is_file():  # a fold trained before lexicons: its training terms
-                atomic_write_json(fold_dir / LEXICON_FILE, build_lexicon(train_docs))
+                skip = tuple(lab for lab in LABELS if lab not in cfg.data.extra_train_labels)
+                extra = extra_documents(cfg.data.extra_train, docs)
+                atomic_write_json(fold_dir / LEXICON_FILE, training_lexicon(train_docs, extra, skip))
             dev = evaluate_saved(fold_dir, dev_docs, fold_cfg.data.max_length, fold_cfg.data.stride)
             write_report(dev, fold_dir, title=f"Evaluation on {d}")
             folds.append({"doc": d, "best_step": done["best_step"], "seconds": done["seconds"],

@@ -1,12 +1,13 @@
 """The gold store and facts validate; every kind of corruption is caught with a precise message."""
 
 import json
+import re
 import shutil
 
 import pytest
 
-from nlp.annotations import (AnnotationError, Document, Span, load_corpus, load_documents, save_documents,
-                             span_agreement, validate_tree)
+from nlp.annotations import (AnnotationError, Document, Span, load_corpus, load_documents, parse_inline,
+                             save_documents, span_agreement, validate_tree)
 from nlp.cli import main
 
 from conftest import GOLD, ROOT, SEEDS
@@ -147,3 +148,67 @@ def test_load_documents_raises_on_broken_file(tmp_path):
     p.write_text("", encoding="utf-8")
     with pytest.raises(AnnotationError, match="x.json: empty file"):
         load_documents(p)
+
+
+def test_inline_marks_round_trip_every_gold_document():
+    """Writing a gold document with inline marks and parsing it back gives the same text and spans."""
+    for d in load_corpus(GOLD):
+        parts, pos = [], 0
+        for s in d.spans:
+            parts += [d.text[pos:s.start], f"{{{{{s.label}|{s.text}}}}}"]
+            pos = s.end
+        parts.append(d.text[pos:])
+        back = parse_inline("".join(parts), d.doc)
+        assert back.text == d.text
+        assert [(s.start, s.end, s.label, s.text) for s in back.spans] == \
+            [(s.start, s.end, s.label, s.text) for s in d.spans]
+
+
+@pytest.mark.parametrize("marked, where", [
+    ("营收{{SALES|311亿元}}", "line 1, column 3: mark '{{SALES|311亿元}}'"),
+    ("营收\n达{{VALUE|311亿元", "line 2, column 2: '{{' is never closed"),
+    ("营收311亿元}}", "line 1, column 8: '}}' without an opening"),
+    ("{{VALUE| 311亿元}}", "line 1, column 1: mark '{{VALUE| 311亿元}}': the mention is empty"),
+    ("{{METRIC|营收{{VALUE|3}}}}", "line 1, column 12: '{{' inside a mark"),
+])
+def test_inline_marks_errors_name_line_and_column(marked, where):
+    with pytest.raises(AnnotationError, match="^doc.md: " + re.escape(where)):
+        parse_inline(marked, "doc.txt", where="doc.md")
+
+
+def test_cli_from_inline_writes_a_valid_store(tmp_path, capsys):
+    src = tmp_path / "s1.txt"
+    src.write_text("{{ENTITY|星河科技}}{{PERIOD|2025年第一季度}}{{METRIC|总营收}}达{{VALUE|152.3亿元}}，"
+                   "同比增长{{VALUE|12.4%}}。\n", encoding="utf-8")
+    bad = tmp_path / "s2.txt"
+    bad.write_text("营收{{VALUE|3亿元\n", encoding="utf-8")
+    assert main(["annotations", "from-inline", str(src), str(bad), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: line 1, column 3: '{{{{' is never closed" in err
+    assert not (tmp_path / "out" / "s2.json").exists()
+    (doc,) = load_documents(tmp_path / "out" / "s1.json")
+    assert doc.doc == "s1.txt" and doc.text.startswith("星河科技2025年第一季度总营收达152.3亿元，同比增长12.4%。")
+    assert [(s.label, s.text) for s in doc.spans] == [("ENTITY", "星河科技"), ("PERIOD", "2025年第一季度"),
+                                                      ("METRIC", "总营收"), ("VALUE", "152.3亿元"), ("VALUE", "12.4%")]
+
+
+def test_synthetic_documents_are_training_only_and_copy_no_seed_text():
+    """annotations/synthetic validates apart from the gold (no facts, not a seed) and shares no run of 20
+    characters with any seed: its writers never saw the seeds, and no sentence of theirs may come from one."""
+    rep = validate_tree(ROOT / "annotations", SEEDS)
+    assert rep.errors == [] and len(rep.synthetic) == 24
+    assert not {d.doc for d in rep.synthetic} & {d.doc for d in rep.documents}
+    assert all(d.doc not in rep.facts for d in rep.synthetic)
+    n = 20
+    runs = {d.text[i:i + n] for d in rep.documents for i in range(len(d.text) - n + 1)}
+    for d in rep.synthetic:
+        copied = [d.text[i:i + n] for i in range(len(d.text) - n + 1) if d.text[i:i + n] in runs]
+        assert copied == [], d.doc
+
+
+def test_synthetic_store_must_equal_its_source(tree):
+    src = tree / "synthetic" / "src" / "s1a.txt"
+    src.write_text(src.read_text(encoding="utf-8").replace("{{VALUE|", "{{PERIOD|", 1), encoding="utf-8")
+    assert "synthetic/s1a.json: differs from its source" in _errors(tree)
+    src.write_text("营收{{VALUE|3亿元", encoding="utf-8")
+    assert "s1a.txt: line 1, column 3: '{{' is never closed" in _errors(tree)

@@ -7,7 +7,7 @@ from nlp.config import ConfigError, dump_config, load_config
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("name", ["seed", "smoke", "gpu"])
+@pytest.mark.parametrize("name", ["seed", "smoke", "gpu", "synthetic"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.data.annotations == ["annotations/gold"]
@@ -36,6 +36,9 @@ def _write(tmp_path, text):
     ("data:\n  annotations: [no/such/dir]\n", "'data.annotations': no/such/dir does not exist"),
     ("data:\n  max_length: 100\n  stride: 60\n", "'data.stride'"),
     ("data:\n  train_windows: paragraphs\n", "'data.train_windows' must be fixed or sentences"),
+    ("data:\n  extra_train: [no/such/dir]\n", "'data.extra_train': no/such/dir does not exist"),
+    ("data:\n  extra_train_labels: [VALUE, AMOUNT]\n", "'data.extra_train_labels' must list labels among"),
+    ("data:\n  repeat_annotations: 0\n", "'data.repeat_annotations' must be >= 1"),
     ("train: [1, 2\n", "malformed YAML"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("train: 3\n", "'train' must be a mapping"),

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from nlp.align import TAGS, build_lexicon, read_lexicon
-from nlp.annotations import load_corpus
+from nlp.annotations import load_corpus, parse_inline, save_documents
 from nlp.config import load_config
 from nlp.evaluate import evaluate_model
 from nlp.reader import normalize
-from nlp.train import build_windows, load_model_and_tokenizer, split_documents
+from nlp.train import (build_windows, extra_documents, load_model_and_tokenizer, split_documents,
+                       training_lexicon)
 
 from conftest import GOLD, ROOT
 
@@ -122,6 +123,31 @@ def test_split_is_by_document():
         split_documents(docs, ["nope.txt"])
 
 
+def test_extra_training_documents_teach_only_their_labels(tmp_path):
+    """data.extra_train documents come on top of the training split (a name that is also an annotated
+    document is refused); the tokens of their spans of an unlearned label are left out of the loss, and
+    those spans are not training terms."""
+    docs = load_corpus(GOLD)
+    train_docs, _ = split_documents(docs, ["001_3b8c966c9b7f5990.txt"])
+    save_documents(tmp_path / "s1.json", [parse_inline(
+        "{{ENTITY|星河科技}}{{PERIOD|一季度}}{{METRIC|广告收入}}达{{VALUE|3亿元}}。", "s1.txt")])
+    (extra,) = extra_documents([str(tmp_path)], docs)
+    assert extra.doc == "s1.txt" and extra_documents([], docs) == []
+    lex = training_lexicon(train_docs, [extra], ("ENTITY",))
+    assert "广告收入" in lex["METRIC"] and "星河科技" not in lex["ENTITY"]
+    assert "星河科技" in training_lexicon(train_docs, [extra], ())["ENTITY"]
+
+    _, tok = load_model_and_tokenizer(load_config(ROOT / "configs" / "smoke.yaml").model)
+    (full,), _ = build_windows(tok, [extra], 64, 16)
+    (part,), _ = build_windows(tok, [extra], 64, 16, skip=("ENTITY",))
+    assert [TAGS[t] if t >= 0 else t for t in full["labels"][1:6]] == ["B-ENTITY"] + ["I-ENTITY"] * 3 + ["B-PERIOD"]
+    assert part["labels"][1:5] == [-100] * 4 and part["labels"][5:] == full["labels"][5:]
+
+    save_documents(tmp_path / "s1.json", [parse_inline("营收{{VALUE|3亿元}}", "001_3b8c966c9b7f5990.txt")])
+    with pytest.raises(ValueError, match="data.extra_train: 001_3b8c966c9b7f5990.txt also in data.annotations"):
+        extra_documents([str(tmp_path)], docs)
+
+
 def test_killed_run_resumes_to_the_same_model(tmp_path):
     """Kill a run (SIGKILL) after its first checkpoint, resume it, and compare with an uninterrupted run."""
     args = [sys.executable, "-m", "nlp", "train", str(SMOKE), "--quiet", "--set", "train.max_steps=4",
@@ -201,6 +227,39 @@ def test_checkpoint_free_run_saves_only_its_last_model(tmp_path, monkeypatch):
     ev = evaluate_saved(tmp_path, dev, cfg.data.max_length, cfg.data.stride)
     assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
     assert res.history[-1]["dev_span_f1"] == pytest.approx(res.dev.spans["micro"]["f1"], abs=1e-4)
+
+
+def test_run_with_extra_documents_weights_and_records_them(tmp_path):
+    """A run with data.extra_train trains on the split's windows `repeat_annotations` times plus the extra
+    documents' windows once, records them in train_summary.json, and writes only the learned labels' terms
+    of the extra documents into lexicon.json."""
+    import copy
+    import shutil
+
+    from nlp.train import train
+
+    store = tmp_path / "extra"
+    store.mkdir()
+    for name in ("s1a.json", "s9a.json"):
+        shutil.copy(ROOT / "annotations" / "synthetic" / name, store / name)
+    cfg = copy.deepcopy(load_config(ROOT / "configs" / "smoke.yaml"))
+    cfg.data.extra_train, cfg.data.extra_train_labels = [str(store)], ["METRIC", "VALUE", "PERIOD"]
+    cfg.data.repeat_annotations = 2
+    cfg.train.max_steps, cfg.train.eval_every = 2, 2
+    train(cfg, tmp_path / "run", progress=False, log=lambda *a: None, checkpoints=False)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text(encoding="utf-8"))
+    _, tok = load_model_and_tokenizer(cfg.model)
+    train_docs, _ = split_documents(load_corpus(GOLD), cfg.data.dev_docs)
+    extra = load_corpus(store)
+    n_seed = len(build_windows(tok, train_docs, cfg.data.max_length, cfg.data.stride)[0])
+    n_extra = len(build_windows(tok, extra, cfg.data.max_length, cfg.data.stride)[0])
+    assert summary["train_windows"] == 2 * n_seed + n_extra
+    assert summary["extra_train_documents"] == ["s1a.txt", "s9a.txt"]
+    lex = read_lexicon(tmp_path / "run")
+    metrics = {normalize(s.text).text for d in extra for s in d.spans if s.label == "METRIC"}
+    names = {normalize(s.text).text for d in extra for s in d.spans if s.label == "ENTITY"}
+    assert metrics <= set(lex["METRIC"]) | {m for m in metrics if len(m) < 2}
+    assert not names & set(lex["ENTITY"])
 
 
 def test_sentence_training_windows_keep_every_gold_tag():
