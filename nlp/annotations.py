@@ -433,7 +433,7 @@ def _inline_source_errors(store: Path, docs: list[Document]) -> list[str]:
 
     try:
         want = parse_inline(read_text(src), f"{store.stem}.txt", where=str(src))
-    except (AnnotationError, ValueError) as e:
+    except ValueError as e:  # AnnotationError, or the reader's ReadError
         return [str(e)]
     got = docs[0] if len(docs) == 1 else None
     if got is None or got.text != want.text or [(s.start, s.end, s.label) for s in got.spans] != \

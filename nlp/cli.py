@@ -64,8 +64,9 @@ def cmd_from_inline(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        save_documents(out / f"{src.stem}.json", [doc])
-        print(f"{src} -> {out / (src.stem + '.json')}: {len(doc.text)} characters, {len(doc.spans)} spans")
+        store = out / f"{src.stem}.json"
+        save_documents(store, [doc])
+        print(f"{src} -> {store}: {len(doc.text)} characters, {len(doc.spans)} spans")
     return 1 if failed else 0
 
 

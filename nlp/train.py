@@ -55,6 +55,11 @@ def extra_documents(extra: list[str], annotated: list[Document]) -> list[Documen
     return more
 
 
+def unlearned_labels(dc) -> tuple[str, ...]:
+    """The labels the `data.extra_train` documents do not teach (not in `data.extra_train_labels`)."""
+    return tuple(lab for lab in LABELS if lab not in dc.extra_train_labels)
+
+
 def training_lexicon(train_docs: list[Document], extra: list[Document], skip: tuple[str, ...]) -> dict:
     """The training terms (align.build_lexicon) of the training documents and of the extra ones, whose
     spans of the `skip` labels are not learned and so not terms either."""
@@ -220,7 +225,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     docs = load_corpus(dc.annotations)
     train_docs, dev_docs = split_documents(docs, dc.dev_docs)
     extra = extra_documents(dc.extra_train, docs)
-    skip = tuple(lab for lab in LABELS if lab not in dc.extra_train_labels)
+    skip = unlearned_labels(dc)
     lexicon = training_lexicon(train_docs, extra, skip)  # the terms decoding extends fragments to (extend_to_terms)
     if main:
         atomic_write_json(out_dir / LEXICON_FILE, lexicon)
@@ -546,9 +551,9 @@ def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, l
             log(f"== fold: held-out {d} (trained before: scoring {fold_dir})")
             train_docs, dev_docs = split_documents(docs, [d])
             if not (fold_dir / LEXICON_FILE).is_file():  # a fold trained before lexicons: its training terms
-                skip = tuple(lab for lab in LABELS if lab not in cfg.data.extra_train_labels)
                 extra = extra_documents(cfg.data.extra_train, docs)
-                atomic_write_json(fold_dir / LEXICON_FILE, training_lexicon(train_docs, extra, skip))
+                atomic_write_json(fold_dir / LEXICON_FILE,
+                                  training_lexicon(train_docs, extra, unlearned_labels(cfg.data)))
             dev = evaluate_saved(fold_dir, dev_docs, fold_cfg.data.max_length, fold_cfg.data.stride)
             write_report(dev, fold_dir, title=f"Evaluation on {d}")
             folds.append({"doc": d, "best_step": done["best_step"], "seconds": done["seconds"],
