@@ -216,6 +216,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision, use_cpu), cpu=use_cpu,
                               gradient_accumulation_steps=tc.grad_accum)
     main = accelerator.is_main_process
+    if resume and (out_dir / "train_summary.json").is_file():
+        raise ValueError(f"{out_dir}: this run finished (train_summary.json); there is nothing to resume "
+                         f"(train into a new --out, or --force to train this one again)")
     if main and not resume:  # a summary marks a finished run (cv --reuse trusts it): not this one, yet
         (out_dir / "train_summary.json").unlink(missing_ok=True)
         if not checkpoints:  # an earlier run's checkpoint here would resume into a state this run never had
@@ -375,8 +378,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             state["batch_in_epoch"] = 0
     bar.close()
     train_seconds = time.time() - t_train
-    if checkpoints:
-        _checkpoint(accelerator, ckpt, state)
     if main:
         write_curves(state["history"], out_dir / "curves.png")
     result = TrainResult(out_dir=out_dir, best_f1=state["best_f1"], best_step=state["best_step"],
@@ -393,6 +394,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             "gold_boundaries_inside_a_token": straddles, "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision})
         write_model_card(cfg, out_dir, train_docs + extra, dev_docs, result)
+        # A finished run resumes nothing: its last checkpoint (model + optimizer state, ~0.4 GB) goes.
+        shutil.rmtree(ckpt, ignore_errors=True)
     return result
 
 

@@ -177,6 +177,10 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
     assert a.keys() == b.keys()
     for k in a:  # same data order, same dropout masks, same optimizer state: bit for bit the same weights
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # a finished run keeps no checkpoint (0.4 GB) and refuses a second --resume with a clear message
+    assert not (full / "checkpoint").exists() and not (killed / "checkpoint").exists()
+    again = subprocess.run(args + ["--out", str(killed), "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode != 0 and "this run finished" in again.stderr
 
 
 def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
