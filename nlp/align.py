@@ -69,7 +69,8 @@ _SENTENCE_END = re.compile(r"[。！？!?；;\n]\s*$")
 
 def figure_token_ranges(encoded: Encoded) -> list[tuple[int, int]]:
     """[first, end) token ranges of the runs of sentences that can hold a figure: those with a numeral
-    (Arabic or Chinese digit, 翻倍; `annotations._HAS_NUMERAL`). A sentence without one can hold no VALUE
+    (Arabic or Chinese digit, 翻倍; `annotations._HAS_NUMERAL`), and those whose figures come after them (a
+    list's intro line, a table's header: `_with_figures_ahead`). A sentence without one can hold no VALUE
     (`value_extent` drops numeral-less spans) and no PERIOD naming a year, so `_figure_sentences_only` would
     drop every span predicted in it: prediction does not read it. Sentences are those of the rule, on the
     ORIGINAL text; consecutive kept sentences form one range (line breaks between them included), so a
@@ -77,8 +78,11 @@ def figure_token_ranges(encoded: Encoded) -> list[tuple[int, int]]:
     orig, norm = encoded.norm.original, encoded.norm
     kept_orig: list[tuple[int, int]] = []  # runs of consecutive kept sentences, the line breaks between included
     previous_kept = False
-    for m in _SENTENCE.finditer(orig):
-        keep = _HAS_NUMERAL.search(m.group()) is not None
+    sentences = list(_SENTENCE.finditer(orig))
+    keeps = _with_figures_ahead([m.group() for m in sentences],
+                                {i for i, m in enumerate(sentences) if _HAS_NUMERAL.search(m.group())})
+    for i, m in enumerate(sentences):
+        keep = i in keeps
         if keep and previous_kept:
             kept_orig[-1] = (kept_orig[-1][0], m.end())
         elif keep:
@@ -486,15 +490,32 @@ _SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]*")
 _YEAR = re.compile(r"(?:19|20)\d\d|[一二]〇[一二三四五六七八九〇零]{2}|二零[一二三四五六七八九〇零]{2}")
 
 
+def _with_figures_ahead(sentences: list[str], with_figure: set[int]) -> set[int]:
+    """`with_figure` (indices of `sentences`) plus the sentences whose figures come after them: one that
+    introduces a list (ends with a colon) before a sentence with a figure, and every row of a table (its
+    header above all) with a figure in a row below it."""
+    out = set(with_figure)
+    is_row = [s.count("|") >= 2 for s in sentences]
+    for i in range(len(sentences) - 2, -1, -1):  # backwards: a table's figures reach its header row
+        if i + 1 in out and (is_row[i] and is_row[i + 1] or sentences[i].rstrip().endswith((":", "："))):
+            out.add(i)
+    return out
+
+
 def _figure_sentences_only(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     """ENTITY, METRIC and PERIOD mark the mentions a figure uses (SCHEMA.md): drop those in a sentence with
-    no VALUE, except a PERIOD that names a year (a title's or an opening's reporting period). 490 of the 501
-    gold ENTITY/METRIC/PERIOD spans share their sentence with a VALUE, and 4 of the other 11 name a year."""
-    starts = [m.start() for m in _SENTENCE.finditer(text)]
-    if not starts:
+    no VALUE, except a PERIOD that names a year (a title's or an opening's reporting period). A sentence that
+    introduces a list (`快手科技2024年第三季度的业绩情况如下：`) counts as having the figures of the line after
+    it, and every row of a table (its header: `| 转化效果提升 |`) the figures of the table. 498 of the 501
+    gold ENTITY/METRIC/PERIOD spans share their sentence, list or table with a VALUE, and 2 of the other 3
+    name a year."""
+    sentences = [(m.start(), m.group(0)) for m in _SENTENCE.finditer(text)]
+    if not sentences:
         return spans
+    starts = [a for a, _ in sentences]
     sentence_of = lambda pos: bisect.bisect_right(starts, pos) - 1  # noqa: E731
-    with_figure = {sentence_of(sp.start) for sp in spans if sp.label == "VALUE"}
+    with_figure = _with_figures_ahead([s for _, s in sentences],
+                                      {sentence_of(sp.start) for sp in spans if sp.label == "VALUE"})
     return [sp for sp in spans if sp.label == "VALUE" or sentence_of(sp.start) in with_figure
             or (sp.label == "PERIOD" and _YEAR.search(sp.text))]
 
@@ -523,13 +544,41 @@ _METRIC_PERIOD_LEAD = re.compile(f"[本该當当]?{_SPACE}*(?:{'|'.join(map(_spa
 _METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但)(?:[,，、]|" + _SPACE + ")*")
 
 
+# 使服务曝光量, 让短剧营销消耗: a causative verb opens the clause, not the metric (no gold METRIC starts with one;
+# 使用 is a word of its own)
+_METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使(?!用)|让|讓|令)" + _SPACE + "*")
+# 通过创新互动玩法实现的订单量: the relative clause stays, its leading 通过 does not (guideline, decision 19)
+_METRIC_MEANS_LEAD = re.compile(r"(?:通过|通過)" + _SPACE + "*")
+# 该景区淡季客流, 该商户客单价: a demonstrative and the one word it points at are the subject, not the metric (no
+# gold METRIC starts with one); 该季度 is left to the period rule
+_DEMONSTRATIVE = "该該这這此"
+
+
+def _demonstrative_lead(text: str, start: int, end: int) -> int:
+    """End of a leading demonstrative word + the word after it (+ 的) in text[start:end], else `start`
+    (此前 is one word, not 此 + 前)."""
+    if text[start:start + 1] not in _DEMONSTRATIVE or not text[start:start + 1] or \
+            _METRIC_PERIOD_LEAD.match(text, start, end):
+        return start
+    bounds = np.flatnonzero(word_bounds(text[start:end]))
+    if len(bounds) < 4 or bounds[1] != 1:  # 该 a word of its own, and something left after the word it points at
+        return start
+    cut = start + int(bounds[2])
+    return cut + 1 if text[cut:cut + 1] == "的" else cut
+
+
 def _metric_head(text: str, start: int, end: int) -> int:
-    """Start of a METRIC span without a leading discourse word (不过, 其中, 同时 ...), 集团 / 本公司 (层面)(的) or
-    period word (季度, 年度, 全年, 月度), if two characters or more remain."""
-    for lead in (_METRIC_DISCOURSE_LEAD, _METRIC_LEAD, _METRIC_PERIOD_LEAD):
-        m = lead.match(text, start, end)
-        if m and end - m.end() >= 2:
-            start = m.end()
+    """Start of a METRIC span without a leading discourse word (不过, 其中, 同时 ...), causative verb (使, 让),
+    demonstrative and its word (该景区), 通过, 集团 / 本公司 (层面)(的) or period word (季度, 年度, 全年, 月度), if
+    two characters or more remain."""
+    def match(lead):
+        return lambda t, a, b: (m.end() if (m := lead.match(t, a, b)) else a)
+
+    for lead in (match(_METRIC_DISCOURSE_LEAD), match(_METRIC_CAUSE_LEAD), _demonstrative_lead,
+                 match(_METRIC_MEANS_LEAD), match(_METRIC_LEAD), match(_METRIC_PERIOD_LEAD)):
+        cut = lead(text, start, end)
+        if end - cut >= 2:
+            start = cut
     return start
 
 

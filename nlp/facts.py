@@ -906,14 +906,31 @@ def _header_cell(ctx: _DocContext, sent: _Sentence, v: _Mention) -> str:
     return ctx.text[a:b]
 
 
-def _header_metric(ctx: _DocContext, sent: _Sentence, v: _Mention) -> _Mention | None:
+def _header_metric(ctx: _DocContext, sent: _Sentence, v: _Mention, spanless: bool = False) -> _Mention | None:
+    """The METRIC of the header cell above a table cell. With `spanless`, when that cell has no METRIC span
+    (headers have no sentence around them, so a model often misses them), the cell's own text stands in:
+    `| 转化效果提升 |` -> 转化效果, the change word left to the measure as for a span; None when nothing but a
+    change word or a number is left."""
     if sent.header is None:
         return None
     idx = next((i for i, (a, b) in enumerate(sent.cells) if a <= v.start < b), None)
     if idx is None or idx >= len(sent.header.cells):
         return None
     a, b = sent.header.cells[idx]
-    return next((m for m in sent.header.mentions if m.label == "METRIC" and a <= m.start < b), None)
+    found = next((m for m in sent.header.mentions if m.label == "METRIC" and a <= m.start < b), None)
+    if found is not None or not spanless or any(a <= m.start < b for m in sent.header.mentions):
+        return found
+    m = _HEADER_TEXT.fullmatch(ctx.text, a, b)
+    if m is None or not m.group(1) or re.search(r"\d", m.group(1)) or normalize_period(m.group(1), "2000Q1"):
+        return None  # nothing left, a number, or a period (| 本季度 |)
+    ha, hb = m.span(1)
+    oa, ob = ctx.nt.span_to_original(ha, hb)
+    return _Mention("METRIC", ha, hb, m.group(1), oa, ob, ctx.nt.original[oa:ob])
+
+
+# A header cell's metric: its text without blanks, markdown emphasis and a trailing change word or unit note.
+_HEADER_TEXT = re.compile(r"[\s*]*(.*?)[\s*]*(?:(?:同比|环比)?(?:变化|变动|提升|增长率?|增幅|增速|降幅|下降|占比)|同比|"
+                          r"环比)?[\s*]*(?:[(（][^()（）]*[)）])?[\s*]*")
 
 
 # Bare head nouns: a figure's METRIC of this kind gives way to a business line named apart from it
@@ -954,7 +971,9 @@ def _link_metric(ctx: _DocContext, sent: _Sentence, v: _Mention, pv: ParsedValue
         if hm is not None:
             return hm
     later = [m for m in metrics if v.end <= m.start < cb and m.start not in consumed]
-    return later[0] if later else None
+    if later:
+        return later[0]
+    return _header_metric(ctx, sent, v, spanless=True) if sent.table_row else None
 
 
 def _business_line(ctx: _DocContext, sent: _Sentence, head: _Mention) -> _Mention | None:

@@ -319,3 +319,25 @@ def test_filing_caption_and_modality():
     assert (f[1].measure, f[1].direction) == ("yoy", "up")
     assert (f[2].modality, f[2].period) == ("forecast", "2024")
     assert (f[3].modality, f[3].unit, f[3].period) == ("estimate", "USD", "2024Q4")
+
+
+def test_table_header_without_a_metric_span_names_the_column(gold_docs):
+    """Seed 004's tables with their header METRIC spans taken away (a model often misses a header: it has
+    no sentence around it): each cell's fact still gets its column's metric, read from the header text
+    without the change word (| 转化效果提升 | -> 转化效果); a header that is a period names no metric."""
+    doc = gold_docs["004_62a5c04a52bade59.txt"]
+    in_header = lambda s: "|" in doc.text[s.end:s.end + 8] and "|" in doc.text[s.start - 3:s.start]  # noqa: E731
+    dropped = [s for s in doc.spans if s.label == "METRIC" and in_header(s)]
+    assert [s.text for s in dropped] == ["转化效果", "就业人数", "到店转化率"]
+    gold = {tuple(f.value_span): f for f in build_facts(doc.text, doc.spans)}
+    cells = [f for f in build_facts(doc.text, [s for s in doc.spans if s not in dropped])
+             if gold[tuple(f.value_span)].metric in {s.text for s in dropped}
+             and "|" in doc.text[doc.text.rfind("\n", 0, f.value_span[0]):f.value_span[0]]]  # cells, not prose
+    assert len(cells) == 12
+    assert [(f.metric, f.measure) for f in cells] == [
+        (gold[tuple(f.value_span)].metric, gold[tuple(f.value_span)].measure) for f in cells]
+
+    text = "| 指标 | 本季度 | 收入同比增长 |\n|---|---|---|\n| 广告 | 120亿元 | 12% |\n"
+    spans = [Span(text.index(v), text.index(v) + len(v), "VALUE", v) for v in ("120亿元", "12%")]
+    (level, change) = build_facts(text, spans)
+    assert level.metric is None and (change.metric, change.measure, change.direction) == ("收入", "yoy", "up")
