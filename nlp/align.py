@@ -79,8 +79,7 @@ def figure_token_ranges(encoded: Encoded) -> list[tuple[int, int]]:
     kept_orig: list[tuple[int, int]] = []  # runs of consecutive kept sentences, the line breaks between included
     previous_kept = False
     sentences = list(_SENTENCE.finditer(orig))
-    keeps = _with_figures_ahead([m.group() for m in sentences],
-                                {i for i, m in enumerate(sentences) if _HAS_NUMERAL.search(m.group())})
+    keeps = _with_figures_ahead(orig, sentences, {i for i, m in enumerate(sentences) if _HAS_NUMERAL.search(m.group())})
     for i, m in enumerate(sentences):
         keep = i in keeps
         if keep and previous_kept:
@@ -383,13 +382,15 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
       `annotations.value_extent`) and dropped when it holds no numeral; a span wholly inside the snapped
       expression (人民币 tagged METRIC) is absorbed, one it cuts into loses the overlap, and where that is
       not possible the VALUE keeps its decoded bounds.
-    - A METRIC loses a trailing linking verb (`_trim_metric`) and a leading 集团 / 本公司 (`_metric_head`,
-      the guideline leaves the entity out); a one-character ENTITY, METRIC or PERIOD (快
+    - A METRIC loses a trailing linking verb (`_trim_metric`) and what may lead it without being part of it
+      (`_metric_head`): a discourse word, a causative verb, a demonstrative with its word, the 通过 of a
+      relative clause, 集团 / 本公司, a period word. A one-character ENTITY, METRIC or PERIOD (快
       of 快手, 二 of 二季度) is a fragment and is dropped (the gold spans have none), and so is an ENTITY that is
       a common noun (集团, 集团层面, 公司, 平台: not a name; 本集团 / 本公司 are); a PERIOD gets back the
       deictic word right before it (季度 -> 该季度), and the quarter an ENTITY starts with (Q4快手 -> Q4 + 快手).
-    - An ENTITY, METRIC or PERIOD in a sentence without a VALUE is dropped (`_figure_sentences_only`).
-    On the seeds' cross-validation logits these rules raise VALUE F1 from 0.854 to 0.963 (BENCHMARKS.md)."""
+    - An ENTITY, METRIC or PERIOD in a sentence without a VALUE is dropped (`_figure_sentences_only`; a
+      list's intro line and a table's rows share the figures of the list and the table).
+    BENCHMARKS.md has what each rule is worth on the seeds' cross-validation folds."""
     merged: list[PredictedSpan] = []
     for sp in spans:
         prev = merged[-1] if merged else None
@@ -489,25 +490,20 @@ def _period_quarters(text: str, spans: list[PredictedSpan]) -> list[PredictedSpa
     return [sp for sp in spans if sp is not None]
 
 
-_ENTITY_QUARTER = re.compile(r"[QH][1-4]" + _SPACE + "*")
+_ENTITY_QUARTER = re.compile(r"[QH][1-4](?![A-Za-z0-9])" + _SPACE + "*")  # not H3 of H3C
 
 
 def _entity_quarters(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     """An ENTITY that starts with a quarter or half (Q4快手, Q4快聘: seed 004's fold model; no gold ENTITY
-    starts with one) hands it to a PERIOD: the PERIOD right before it when only spaces lie between, else a
-    new one."""
+    starts with one) hands it to a PERIOD of its own (a year PERIOD right before it has already taken it:
+    `_period_quarters`)."""
     out: list[PredictedSpan] = []
     for sp in spans:
         m = _ENTITY_QUARTER.match(text, sp.start, sp.end) if sp.label == "ENTITY" else None
         if m is None or sp.end - m.end() < 2:
             out.append(sp)
             continue
-        q_end = m.start() + 2
-        prev = out[-1] if out else None
-        if prev is not None and prev.label == "PERIOD" and not text[prev.end:sp.start].strip():
-            out[-1] = PredictedSpan(prev.start, q_end, "PERIOD", text[prev.start:q_end], prev.score)
-        else:
-            out.append(PredictedSpan(sp.start, q_end, "PERIOD", text[sp.start:q_end], sp.score))
+        out.append(PredictedSpan(sp.start, sp.start + 2, "PERIOD", text[sp.start:sp.start + 2], sp.score))
         out.append(PredictedSpan(m.end(), sp.end, sp.label, text[m.end():sp.end], sp.score))
     return out
 
@@ -516,14 +512,17 @@ _SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]*")
 _YEAR = re.compile(r"(?:19|20)\d\d|[一二]〇[一二三四五六七八九〇零]{2}|二零[一二三四五六七八九〇零]{2}")
 
 
-def _with_figures_ahead(sentences: list[str], with_figure: set[int]) -> set[int]:
-    """`with_figure` (indices of `sentences`) plus the sentences whose figures come after them: one that
-    introduces a list (ends with a colon) before a sentence with a figure, and every row of a table (its
-    header above all) with a figure in a row below it."""
+def _with_figures_ahead(text: str, sentences: list[re.Match], with_figure: set[int]) -> set[int]:
+    """`with_figure` (indices of `sentences`, `_SENTENCE` matches in `text`) plus the sentences whose figures
+    come after them: one that introduces a list (ends with a colon, `**核心数据：**` too) right before a
+    sentence with a figure, and every row of a table (its header above all) with a figure in a row below it.
+    A blank line ends a list or a table."""
     out = set(with_figure)
-    is_row = [s.count("|") >= 2 for s in sentences]
+    is_row = [m.group().count("|") >= 2 for m in sentences]
     for i in range(len(sentences) - 2, -1, -1):  # backwards: a table's figures reach its header row
-        if i + 1 in out and (is_row[i] and is_row[i + 1] or sentences[i].rstrip().endswith((":", "："))):
+        if i + 1 not in out or text.count("\n", sentences[i].end(), sentences[i + 1].start()) > 1:
+            continue
+        if is_row[i] and is_row[i + 1] or sentences[i].group().rstrip(" *\t").endswith((":", "：")):
             out.add(i)
     return out
 
@@ -535,13 +534,12 @@ def _figure_sentences_only(text: str, spans: list[PredictedSpan]) -> list[Predic
     it, and every row of a table (its header: `| 转化效果提升 |`) the figures of the table. 498 of the 501
     gold ENTITY/METRIC/PERIOD spans share their sentence, list or table with a VALUE, and 2 of the other 3
     name a year."""
-    sentences = [(m.start(), m.group(0)) for m in _SENTENCE.finditer(text)]
+    sentences = list(_SENTENCE.finditer(text))
     if not sentences:
         return spans
-    starts = [a for a, _ in sentences]
+    starts = [m.start() for m in sentences]
     sentence_of = lambda pos: bisect.bisect_right(starts, pos) - 1  # noqa: E731
-    with_figure = _with_figures_ahead([s for _, s in sentences],
-                                      {sentence_of(sp.start) for sp in spans if sp.label == "VALUE"})
+    with_figure = _with_figures_ahead(text, sentences, {sentence_of(sp.start) for sp in spans if sp.label == "VALUE"})
     return [sp for sp in spans if sp.label == "VALUE" or sentence_of(sp.start) in with_figure
             or (sp.label == "PERIOD" and _YEAR.search(sp.text))]
 
@@ -575,11 +573,12 @@ _METRIC_PERIOD_LEAD = re.compile(f"[本该當当]?{_SPACE}*(?:{'|'.join(map(_spa
 _METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但)(?:[,，、]|" + _SPACE + ")*")
 
 
-# 使服务曝光量, 让短剧营销消耗: a causative verb opens the clause, not the metric (no gold METRIC starts with one;
-# 使用 is a word of its own)
-_METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使(?!用)|让|讓|令)" + _SPACE + "*")
-# 通过创新互动玩法实现的订单量: the relative clause stays, its leading 通过 does not (guideline, decision 19)
-_METRIC_MEANS_LEAD = re.compile(r"(?:通过|通過)" + _SPACE + "*")
+# 使服务曝光量, 让短剧营销消耗: a causative verb opens the clause, not the metric (no gold METRIC starts with one).
+# Only a verb that is a word of its own: 使用, 使命, 让利, 让渡, 令牌 keep their first character.
+_METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使|让|讓|令)" + _SPACE + "*")
+# 通过创新互动玩法实现的订单量: the relative clause stays, its leading 通过 ("by means of") does not (guideline,
+# decision 19); 通过人数 and 通过审核的商家数 (通过 "passed") keep it
+_METRIC_MEANS_LEAD = re.compile(r"(?:通过|通過)" + _SPACE + r"*(?=[^的]{2,}(?:实现|實現|带动|帶動|带来|帶來|产生|產生)的)")
 # 该景区淡季客流, 该商户客单价: a demonstrative and the one word it points at are the subject, not the metric (no
 # gold METRIC starts with one); 该季度 is left to the period rule
 _DEMONSTRATIVE = "该該这這此"
@@ -598,14 +597,26 @@ def _demonstrative_lead(text: str, start: int, end: int) -> int:
     return cut + 1 if text[cut:cut + 1] == "的" else cut
 
 
+def _word_lead(lead: re.Pattern):
+    """`lead` as a head rule that cuts only at a word boundary of jieba's segmentation (使 of 使命 is no verb)."""
+    def cut(text: str, start: int, end: int) -> int:
+        m = lead.match(text, start, end)
+        if not m:
+            return start
+        word_end = len(text[start:m.end()].rstrip())
+        return m.end() if word_bounds(text[start:end])[word_end] else start
+    return cut
+
+
 def _metric_head(text: str, start: int, end: int) -> int:
     """Start of a METRIC span without a leading discourse word (不过, 其中, 同时 ...), causative verb (使, 让),
-    demonstrative and its word (该景区), 通过, 集团 / 本公司 (层面)(的) or period word (季度, 年度, 全年, 月度), if
-    two characters or more remain."""
+    demonstrative and its word (该景区), 通过 of a relative clause, 集团 / 本公司 (层面)(的) or period word
+    (季度, 年度, 全年, 月度), if two characters or more remain."""
     def match(lead):
         return lambda t, a, b: (m.end() if (m := lead.match(t, a, b)) else a)
 
-    for lead in (match(_METRIC_DISCOURSE_LEAD), match(_METRIC_CAUSE_LEAD), _demonstrative_lead,
+    # in this order: 该区域通过…实现的就业人数 loses both, 通过该平台实现的GMV only 通过 (the relative clause stays)
+    for lead in (match(_METRIC_DISCOURSE_LEAD), _word_lead(_METRIC_CAUSE_LEAD), _demonstrative_lead,
                  match(_METRIC_MEANS_LEAD), match(_METRIC_LEAD), match(_METRIC_PERIOD_LEAD)):
         cut = lead(text, start, end)
         if end - cut >= 2:

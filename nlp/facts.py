@@ -895,42 +895,50 @@ def _build_one(ctx: _DocContext, sent: _Sentence, si: int, v: _Mention, pv: Pars
                 modality=modality, evidence=evidence), entity_m
 
 
-def _header_cell(ctx: _DocContext, sent: _Sentence, v: _Mention) -> str:
-    """For a table cell, the header row's cell of the same column (its text)."""
+def _header_bounds(sent: _Sentence, v: _Mention) -> tuple[int, int] | None:
+    """For a table cell, the bounds of the header row's cell of the same column."""
     if sent.header is None:
-        return ""
+        return None
     idx = next((i for i, (a, b) in enumerate(sent.cells) if a <= v.start < b), None)
     if idx is None or idx >= len(sent.header.cells):
-        return ""
-    a, b = sent.header.cells[idx]
-    return ctx.text[a:b]
+        return None
+    return sent.header.cells[idx]
+
+
+def _header_cell(ctx: _DocContext, sent: _Sentence, v: _Mention) -> str:
+    """For a table cell, the header row's cell of the same column (its text)."""
+    hb = _header_bounds(sent, v)
+    return ctx.text[hb[0]:hb[1]] if hb else ""
 
 
 def _header_metric(ctx: _DocContext, sent: _Sentence, v: _Mention, spanless: bool = False) -> _Mention | None:
-    """The METRIC of the header cell above a table cell. With `spanless`, when that cell has no METRIC span
-    (headers have no sentence around them, so a model often misses them), the cell's own text stands in:
-    `| 转化效果提升 |` -> 转化效果, the change word left to the measure as for a span; None when nothing but a
-    change word or a number is left."""
-    if sent.header is None:
+    """The METRIC of the header cell above a table cell. With `spanless`, when that cell has no mention at
+    all (headers have no sentence around them, so a model often misses them), the cell's own text stands in,
+    without the change or share word that `_measure` reads from the header (`| 转化效果提升 |` -> 转化效果,
+    `| 收入占比 |` -> 收入, a share); None for a generic header (数值, 指标), a number or a period."""
+    hb = _header_bounds(sent, v)
+    if hb is None:
         return None
-    idx = next((i for i, (a, b) in enumerate(sent.cells) if a <= v.start < b), None)
-    if idx is None or idx >= len(sent.header.cells):
-        return None
-    a, b = sent.header.cells[idx]
+    a, b = hb
     found = next((m for m in sent.header.mentions if m.label == "METRIC" and a <= m.start < b), None)
     if found is not None or not spanless or any(a <= m.start < b for m in sent.header.mentions):
         return found
     m = _HEADER_TEXT.fullmatch(ctx.text, a, b)
-    if m is None or not m.group(1) or re.search(r"\d", m.group(1)) or normalize_period(m.group(1), "2000Q1"):
-        return None  # nothing left, a number, or a period (| 本季度 |)
-    ha, hb = m.span(1)
-    oa, ob = ctx.nt.span_to_original(ha, hb)
-    return _Mention("METRIC", ha, hb, m.group(1), oa, ob, ctx.nt.original[oa:ob])
+    if m is None or not m.group(1) or re.search(r"\d", m.group(1)) or _GENERIC_HEADER.fullmatch(m.group(1)) \
+            or normalize_period(m.group(1), "2000Q1"):
+        return None
+    ha, hb_ = m.span(1)
+    oa, ob = ctx.nt.span_to_original(ha, hb_)
+    return _Mention("METRIC", ha, hb_, m.group(1), oa, ob, ctx.nt.original[oa:ob])
 
 
-# A header cell's metric: its text without blanks, markdown emphasis and a trailing change word or unit note.
-_HEADER_TEXT = re.compile(r"[\s*]*(.*?)[\s*]*(?:(?:同比|环比)?(?:变化|变动|提升|增长率?|增幅|增速|降幅|下降|占比)|同比|"
-                          r"环比)?[\s*]*(?:[(（][^()（）]*[)）])?[\s*]*")
+# A header cell's metric: its text without blanks, markdown emphasis, a unit note and a trailing change or share
+# word (the words `_HEADER_CUE` lets `_measure` read from the header).
+_HEADER_WORD = r"(?:同比|环比)?(?:增长率|增长|增幅|增速|提升|提高|上升|下降|降幅|减少|变化|变动)|同比|环比|占比"
+_HEADER_TEXT = re.compile(r"[\s*]*(.*?)[\s*]*(?:[(（][^()（）]*[)）])?[\s*]*(?:" + _HEADER_WORD +
+                          r")?[\s*]*(?:[(（][^()（）]*[)）])?[\s*]*")
+_HEADER_CUE = re.compile(r"同比|环比|变化|变动")  # change words of a header that `_CHANGE_VERB` does not know
+_GENERIC_HEADER = re.compile(r"数值|数据|指标|金额|数量|备注|说明|项目|类别|类型|名称|情况")
 
 
 # Bare head nouns: a figure's METRIC of this kind gives way to a business line named apart from it
@@ -1047,7 +1055,7 @@ def _measure(ctx: _DocContext, sent: _Sentence, v: _Mention, group: list[_Mentio
     own_metric = any(m.label == "METRIC" and ca <= m.start < cb for m in sent.mentions)
     if sent.table_row and not is_change and not own_metric and not _SHARE.search(pre_local + post) and cell_header:
         header_verb = _CHANGE_VERB.search(cell_header)
-        if header_verb:
+        if header_verb or _HEADER_CUE.search(cell_header):
             is_change = True
 
     if not is_change:
@@ -1056,6 +1064,7 @@ def _measure(ctx: _DocContext, sent: _Sentence, v: _Mention, group: list[_Mentio
         share = bool(_SHARE.search(share_pre)) or bool(_SHARE.search(text[ca:v.start])) or \
             bool(re.search(r"中,?有$", share_pre)) or \
             bool(re.match(r"^的?(\S{0,20}?)占比", post) and sent.table_row) or \
+            (sent.table_row and not own_metric and "占比" in cell_header) or \
             (post.startswith("的") and _next_is_metric(sent, group[-1]) and pv.unit == "%")
         if share and unit == "%":
             return "share", None

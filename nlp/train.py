@@ -218,7 +218,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     main = accelerator.is_main_process
     if resume and (out_dir / "train_summary.json").is_file():
         raise ValueError(f"{out_dir}: this run finished (train_summary.json); there is nothing to resume "
-                         f"(train into a new --out, or --force to train this one again)")
+                         f"(train into a new --out, or train this one again with --force and without --resume)")
     if main and not resume:  # a summary marks a finished run (cv --reuse trusts it): not this one, yet
         (out_dir / "train_summary.json").unlink(missing_ok=True)
         if not checkpoints:  # an earlier run's checkpoint here would resume into a state this run never had

@@ -337,7 +337,8 @@ def test_table_header_without_a_metric_span_names_the_column(gold_docs):
     assert [(f.metric, f.measure) for f in cells] == [
         (gold[tuple(f.value_span)].metric, gold[tuple(f.value_span)].measure) for f in cells]
 
-    text = "| 指标 | 本季度 | 收入同比增长 |\n|---|---|---|\n| 广告 | 120亿元 | 12% |\n"
-    spans = [Span(text.index(v), text.index(v) + len(v), "VALUE", v) for v in ("120亿元", "12%")]
-    (level, change) = build_facts(text, spans)
-    assert level.metric is None and (change.metric, change.measure, change.direction) == ("收入", "yoy", "up")
+    for head in ("本季度", "数值"):  # a period, a generic word: no metric
+        text = f"| 指标 | {head} | 收入同比增长 | 收入占比 | 毛利率同比 |\n|---|---|---|---|---|\n| 广告 | 120亿元 | 12% | 45% | 3% |\n"
+        spans = [Span(text.index(v), text.index(v) + len(v), "VALUE", v) for v in ("120亿元", "12%", "45%", "3%")]
+        got = [(f.metric, f.measure, f.direction) for f in build_facts(text, spans)]
+        assert got == [(None, "level", None), ("收入", "yoy", "up"), ("收入", "share", None), ("毛利率", "yoy", "up")]
