@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_CONFIG = "configs/seed.yaml"
+DEFAULT_CONFIG = "configs/synthetic.yaml"  # the seeds + the synthetic documents: BENCHMARKS.md says why
 
 
 def _fail(msg: str, code: int = 2) -> int:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up; validate the annotations; train on the seed annotations with the embedded default
-# model (configs/seed.yaml: seed 004 held out); evaluate the saved model on the held-out seed; extract facts
-# from it as a sample report the model never trained on. Everything lands in runs/main/.
+# model (configs/synthetic.yaml: the seeds with seed 004 held out, plus the synthetic training documents);
+# evaluate the saved model on the held-out seed; extract facts from it as a sample report the model never
+# trained on. Everything lands in runs/main/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-runs/main}
 SAMPLE=seeds/004_62a5c04a52bade59.txt
 .venv/bin/nlp annotations validate
-.venv/bin/nlp train configs/seed.yaml --out "$OUT" --force
+.venv/bin/nlp train configs/synthetic.yaml --out "$OUT" --force
 .venv/bin/nlp evaluate --model "$OUT" --docs "$(basename "$SAMPLE")" --out "$OUT/evaluation"
 .venv/bin/nlp extract "$SAMPLE" --model "$OUT" --format json --out "$OUT/extract/"
 .venv/bin/nlp extract "$SAMPLE" --model "$OUT" --format html --out "$OUT/extract/"
