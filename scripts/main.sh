@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-runs/main}
 SAMPLE=seeds/004_62a5c04a52bade59.txt
 .venv/bin/nlp annotations validate
-.venv/bin/nlp train configs/synthetic.yaml --out "$OUT" --force
+.venv/bin/nlp train --out "$OUT" --force    # no config: the default one (nlp/cli.py DEFAULT_CONFIG)
 .venv/bin/nlp evaluate --model "$OUT" --docs "$(basename "$SAMPLE")" --out "$OUT/evaluation"
 .venv/bin/nlp extract "$SAMPLE" --model "$OUT" --format json --out "$OUT/extract/"
 .venv/bin/nlp extract "$SAMPLE" --model "$OUT" --format html --out "$OUT/extract/"
