@@ -83,6 +83,13 @@ class TrainConfig:
     num_threads: int = 0
     """CPU threads for torch (0: torch's default)."""
     label_smoothing: float = 0.0
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay: of L encoder layers, the top one trains at train.lr, the one below at
+    lr x decay, ..., the bottom one at lr x decay^(L-1) and the embeddings (when trained) at lr x decay^L;
+    1.0 gives every layer train.lr."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the trained weights (decay per optimizer step, bias-corrected
+    early on) and evaluate and save the average instead of the raw weights; 0 turns it off."""
 
 
 @dataclass
@@ -217,6 +224,10 @@ def _semantic_checks(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'train.mixed_precision' must be auto, no, bf16 or fp16")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"{source}: 'train.device' must be auto, cpu or cuda")
+    if not 0 < t.layer_lr_decay <= 1:
+        raise ConfigError(f"{source}: 'train.layer_lr_decay' must be in (0, 1], got {t.layer_lr_decay}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"{source}: 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
     if t.epochs <= 0 and t.max_steps <= 0:
         raise ConfigError(f"{source}: set 'train.epochs' > 0 or 'train.max_steps' > 0")
     for key in ("annotations", "extra_train"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +27,7 @@ from .evaluate import Evaluation, evaluate_model, evaluate_saved, pooled, summar
 
 STATE_FILE = "trainer_state.json"
 CKPT_DIR = "checkpoint"
+EMA_FILE = "ema.pt"
 
 
 def split_documents(docs: list[Document], dev_docs: list[str]) -> tuple[list[Document], list[Document]]:
@@ -129,6 +131,68 @@ class EpochShuffle:
 
     def __len__(self) -> int:
         return self.n
+
+
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def param_groups(model, tc, log=print) -> list[dict]:
+    """AdamW groups: the encoder at train.lr, scaled per layer by train.layer_lr_decay (top layer 1, the one
+    below decay, ..., the embeddings decay^layers), no weight decay on biases and layer norms; then the
+    classification head at train.head_lr. The top layer's groups come first (metrics.jsonl logs the first
+    group's rate). Frozen parameters are left out. Layers are found by name (`...layer.N.`, `layers.N.`)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    index = {n: int(m.group(1)) for n, _ in named if (m := _LAYER.search(n))}
+    n_layers = max(index.values()) + 1 if index else 0
+    if tc.layer_lr_decay < 1 and not index:
+        log("warning: train.layer_lr_decay has no effect: no parameter name of this model has a layer number")
+    body: dict[tuple, list] = {}  # (lr, no weight decay) -> parameters
+    head = []
+    for name, p in named:
+        if name.startswith("classifier"):
+            head.append(p)
+            continue
+        if name in index:
+            depth = n_layers - 1 - index[name]
+        else:  # the embeddings below the bottom layer; anything else (an encoder's final norm) at the top
+            depth = n_layers if "embeddings" in name and ".encoder." not in name else 0
+        no_wd = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        body.setdefault((tc.lr * tc.layer_lr_decay ** depth, no_wd), []).append(p)
+    groups = [{"params": body[k], "lr": k[0], "weight_decay": 0.0 if k[1] else tc.weight_decay}
+              for k in sorted(body, key=lambda k: (-k[0], k[1]))]
+    return groups + [{"params": head, "lr": tc.head_lr, "weight_decay": 0.0}]
+
+
+def _ema_update(ema: dict, model, decay: float) -> None:
+    """ema <- decay x ema + (1 - decay) x weights, once per optimizer step (ema starts at zero; _EmaWeights
+    divides by 1 - decay^steps, as Adam does its moments, so no weight of step 0 lingers in it)."""
+    for n, p in model.named_parameters():
+        if n in ema:
+            ema[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+class _EmaWeights:
+    """`with _EmaWeights(ema, model, decay, steps):` the model holds the averaged weights inside the block
+    (to evaluate or save them) and its own weights again after it. No-op when ema is None."""
+
+    def __init__(self, ema: dict | None, model, decay: float = 0.0, steps: int = 0):
+        self.ema, self.model, self.saved = ema, model, None
+        self.scale = 1.0 / (1.0 - decay ** steps) if ema is not None and steps > 0 else 1.0
+
+    def __enter__(self):
+        if self.ema is not None:
+            params = dict(self.model.named_parameters())
+            self.saved = {n: params[n].detach().clone() for n in self.ema}
+            for n, v in self.ema.items():
+                params[n].data.copy_(v).mul_(self.scale)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            params = dict(self.model.named_parameters())
+            for n, v in self.saved.items():
+                params[n].data.copy_(v)
+            self.saved = None
 
 
 def _collate(pad_id: int):
@@ -249,15 +313,12 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     loader = DataLoader(ds, batch_size=tc.batch_size, sampler=sampler, collate_fn=_collate(tokenizer.pad_token_id),
                         generator=torch.Generator().manual_seed(cfg.seed))
 
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier") and p.requires_grad]
-    body = [(n, p) for n, p in model.named_parameters() if not n.startswith("classifier") and p.requires_grad]
-    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n  # noqa: E731
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in body if not no_decay(n)], "lr": tc.lr, "weight_decay": tc.weight_decay},
-        {"params": [p for n, p in body if no_decay(n)], "lr": tc.lr, "weight_decay": 0.0},
-        {"params": head, "lr": tc.head_lr, "weight_decay": 0.0},
-    ])
+    optimizer = torch.optim.AdamW(param_groups(model, tc, log))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    ema = None  # the weight average (train.ema_decay), float32 whatever the model's dtype
+    if tc.ema_decay:
+        ema = {n: torch.zeros_like(p, dtype=torch.float32)
+               for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     # Counted on the prepared (per-process) loader; accelerate steps a prepared scheduler once per process,
     # hence the factor (as in the Hugging Face examples).
     steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
@@ -274,11 +335,18 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         if not (ckpt / STATE_FILE).is_file():
             raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from ({ckpt / STATE_FILE} missing)")
         saved = out_dir / "config.yaml"
-        if saved.is_file() and saved.read_text(encoding="utf-8") != dump_config(cfg):
+        if saved.is_file() and not _same_config(saved, cfg):
             raise ValueError(f"{out_dir}: --resume with a config that differs from the run's {saved}: resume with "
                              f"the same config and --set options (or train into a new --out)")
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
+        if ema is not None:
+            if not (ckpt / EMA_FILE).is_file():
+                raise FileNotFoundError(f"{out_dir}: the checkpoint has no weight average ({ckpt / EMA_FILE}); "
+                                        f"resume with the config it was written with")
+            ema.update(torch.load(ckpt / EMA_FILE, map_location="cpu", weights_only=True))
+            for n, v in ema.items():
+                ema[n] = v.to(accelerator.device)
         log(f"resuming from step {state['step']} (epoch {state['epoch']}, best dev F1 {state['best_f1']:.3f})")
     if main:
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
@@ -326,6 +394,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
+            if ema is not None:
+                _ema_update(ema, accelerator.unwrap_model(model), tc.ema_decay)
             bar.update(1)
             bar.set_postfix(loss=f"{running / n_running:.4f}")
             if state["step"] % eval_every == 0 or state["step"] >= total_steps:
@@ -335,8 +405,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 running, n_running = 0.0, 0
                 ev = None
                 if dev_docs and main:
-                    ev = evaluate_model(accelerator.unwrap_model(model), tokenizer, dev_docs, dc.max_length,
-                                        dc.stride, lexicon=lexicon)
+                    with _EmaWeights(ema, accelerator.unwrap_model(model), tc.ema_decay, state["step"]) as m:
+                        ev = evaluate_model(m, tokenizer, dev_docs, dc.max_length, dc.stride, lexicon=lexicon)
                     model.train()
                     f1 = ev.seqeval["micro"]["f1"]
                     record["dev"] = {lab: round(ev.seqeval[lab]["f1"], 4) for lab in (*LABELS, "micro")}
@@ -361,7 +431,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                     if not tc.keep_best or save:
                         best_eval = ev
                     if save:
-                        _save_model_atomic(accelerator.unwrap_model(model), tokenizer, out_dir)
+                        with _EmaWeights(ema, accelerator.unwrap_model(model), tc.ema_decay, state["step"]) as m:
+                            _save_model_atomic(m, tokenizer, out_dir)
                         if ev is not None:
                             write_report(ev, out_dir, f"Dev evaluation (step {state['step']})")
                 state["history"].append(record)
@@ -370,7 +441,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                         f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 stop = _on_all(accelerator, stop)
             if checkpoints and state["step"] % save_every == 0 and not stop and state["step"] < total_steps:
-                _checkpoint(accelerator, ckpt, state)
+                _checkpoint(accelerator, ckpt, state, ema)
             if stop or state["step"] >= total_steps:
                 break
         else:
@@ -411,10 +482,11 @@ def clear_run_outputs(out_dir: Path) -> None:
     shutil.rmtree(Path(out_dir) / CKPT_DIR, ignore_errors=True)
 
 
-def _checkpoint(accelerator, ckpt: Path, state: dict) -> None:
+def _checkpoint(accelerator, ckpt: Path, state: dict, ema: dict | None = None) -> None:
     """Resumable checkpoint: accelerate's state (model, optimizer, scheduler, every process's RNG) + our
-    counters, written into a temporary folder and swapped in, so a kill never leaves a broken checkpoint.
-    Called on every process (each saves its own RNG state); the main one swaps the folders."""
+    counters (+ the weight average when train.ema_decay is on), written into a temporary folder and swapped
+    in, so a kill never leaves a broken checkpoint. Called on every process (each saves its own RNG state);
+    the main one swaps the folders."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -423,6 +495,10 @@ def _checkpoint(accelerator, ckpt: Path, state: dict) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state))
+        if ema is not None:
+            import torch
+
+            torch.save({n: v.cpu() for n, v in ema.items()}, tmp / EMA_FILE)
         old = ckpt.with_name(ckpt.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if ckpt.exists():
@@ -516,19 +592,24 @@ sectors and on filings' tables. Always check extracted figures before relying on
 
 def _finished_fold(fold_dir: Path, fold_cfg: RunConfig) -> dict | None:
     """The train summary of a fold trained to the end with exactly this configuration, else None."""
-    import yaml
-
     summary, saved = fold_dir / "train_summary.json", fold_dir / "config.yaml"
     if not (summary.is_file() and saved.is_file() and (fold_dir / "config.json").is_file()):
         return None
-    mine = to_dict(fold_cfg)
+    return read_json(summary) if _same_config(saved, fold_cfg) else None
+
+
+def _same_config(saved: Path, cfg: RunConfig) -> bool:
+    """Whether the run config saved at `saved` trains as `cfg` does (model, seed, data, train); a key added
+    to the config since that run was saved counts with its default value."""
+    import yaml
+
+    mine = to_dict(cfg)
     theirs = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    defaults = to_dict(RunConfig())  # a key added since that run was saved had its default value then
+    defaults = to_dict(RunConfig())
     for k in ("data", "train"):
         if isinstance(theirs.get(k), dict):
             theirs[k] = {**defaults[k], **theirs[k]}
-    same = all(theirs.get(k) == mine.get(k) for k in ("model", "seed", "data", "train"))
-    return read_json(summary) if same else None
+    return all(theirs.get(k) == mine.get(k) for k in ("model", "seed", "data", "train"))
 
 
 def cross_validate(cfg: RunConfig, out_dir: str | Path, progress: bool = True, log=print,

@@ -39,6 +39,8 @@ def _write(tmp_path, text):
     ("data:\n  extra_train: [no/such/dir]\n", "'data.extra_train': no/such/dir does not exist"),
     ("data:\n  extra_train_labels: [VALUE, AMOUNT]\n", "'data.extra_train_labels' must list labels among"),
     ("data:\n  repeat_annotations: 0\n", "'data.repeat_annotations' must be >= 1"),
+    ("train:\n  ema_decay: 1.0\n", "'train.ema_decay' must be in [0, 1), got 1.0"),
+    ("train:\n  layer_lr_decay: 0\n", "'train.layer_lr_decay' must be in (0, 1], got 0"),
     ("train: [1, 2\n", "malformed YAML"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("train: 3\n", "'train' must be a mapping"),

@@ -148,10 +148,13 @@ def test_extra_training_documents_teach_only_their_labels(tmp_path):
         extra_documents([str(tmp_path)], docs)
 
 
-def test_killed_run_resumes_to_the_same_model(tmp_path):
-    """Kill a run (SIGKILL) after its first checkpoint, resume it, and compare with an uninterrupted run."""
+@pytest.mark.parametrize("extra", [[], ["--set", "train.ema_decay=0.6", "--set", "train.layer_lr_decay=0.8"]],
+                         ids=["plain", "weight-average"])
+def test_killed_run_resumes_to_the_same_model(tmp_path, extra):
+    """Kill a run (SIGKILL) after its first checkpoint, resume it, and compare with an uninterrupted run;
+    with train.ema_decay the checkpoint carries the weight average too (the saved model is the average)."""
     args = [sys.executable, "-m", "nlp", "train", str(SMOKE), "--quiet", "--set", "train.max_steps=4",
-            "--set", "train.save_every=1", "--set", "train.eval_every=2"]
+            "--set", "train.save_every=1", "--set", "train.eval_every=2", *extra]
     full = tmp_path / "full"
     subprocess.run(args + ["--out", str(full)], check=True, cwd=ROOT, capture_output=True)
     killed = tmp_path / "killed"
@@ -168,6 +171,10 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
     proc.wait()
     step = json.loads(state.read_text())["step"]
     assert 1 <= step < 4
+    if not extra:  # a resume must train as the run did
+        other = subprocess.run(args + ["--out", str(killed), "--resume", "--set", "train.lr=1e-3"], cwd=ROOT,
+                               capture_output=True, text=True)
+        assert other.returncode != 0 and "differs from the run's" in other.stderr
     done = subprocess.run(args + ["--out", str(killed), "--resume"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"resuming from step {step}" in done.stdout
@@ -181,6 +188,92 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
     assert not (full / "checkpoint").exists() and not (killed / "checkpoint").exists()
     again = subprocess.run(args + ["--out", str(killed), "--resume"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode != 0 and "this run finished" in again.stderr
+
+
+def test_layer_lr_decay_scales_each_layer_and_spares_the_head():
+    """train.layer_lr_decay: the top encoder layer trains at train.lr, each layer below at `decay` times the
+    one above, the trained embeddings below the bottom layer; the head keeps head_lr; the frozen word
+    embeddings are in no group. With 1.0: the three groups of plain AdamW fine-tuning."""
+    import copy
+
+    from nlp.train import param_groups
+
+    cfg = copy.deepcopy(load_config(SMOKE))
+    model, _ = load_model_and_tokenizer(cfg.model)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    layers = model.config.num_hidden_layers
+
+    def lr_of(groups):
+        return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+    plain = param_groups(model, cfg.train)
+    assert [(g["lr"], g["weight_decay"]) for g in plain] == [
+        (cfg.train.lr, cfg.train.weight_decay), (cfg.train.lr, 0.0), (cfg.train.head_lr, 0.0)]
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [n for n in trained if n.endswith("bias") or "LayerNorm" in n]
+    assert [[names[id(p)] for p in g["params"]] for g in plain] == [
+        [n for n in trained if not n.startswith("classifier") and n not in no_decay],
+        [n for n in no_decay if not n.startswith("classifier")], ["classifier.weight", "classifier.bias"]]
+    cfg.train.layer_lr_decay = 0.5
+    groups = param_groups(model, cfg.train)
+    lr = lr_of(groups)
+    assert len(lr) == sum(p.requires_grad for p in model.parameters())
+    assert "bert.embeddings.word_embeddings.weight" not in lr
+    top, bottom = f"bert.encoder.layer.{layers - 1}.", "bert.encoder.layer.0."
+    assert lr[top + "attention.self.query.weight"] == (cfg.train.lr, cfg.train.weight_decay)
+    assert lr[top + "output.LayerNorm.bias"] == (cfg.train.lr, 0.0)
+    assert lr[bottom + "attention.self.query.weight"][0] == pytest.approx(cfg.train.lr * 0.5 ** (layers - 1))
+    assert lr["bert.embeddings.position_embeddings.weight"][0] == pytest.approx(cfg.train.lr * 0.5 ** layers)
+    assert lr["classifier.weight"] == (cfg.train.head_lr, 0.0)
+    assert groups[0]["lr"] == cfg.train.lr  # the group metrics.jsonl logs
+
+
+def test_weight_average_is_what_the_run_evaluates_and_saves(tmp_path, monkeypatch):
+    """train.ema_decay: the saved model holds the bias-corrected exponential average of the weights after
+    each optimizer step (recorded here as the run goes), not the last step's weights; the frozen word
+    embeddings stay as loaded."""
+    import copy
+
+    from safetensors.numpy import load_file
+
+    from nlp import train as train_module
+    from nlp.evaluate import evaluate_saved
+
+    seen = []
+    real_update = train_module._ema_update
+
+    def record(ema, model, decay):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if n in ema})
+        real_update(ema, model, decay)
+
+    monkeypatch.setattr(train_module, "_ema_update", record)
+    cfg = copy.deepcopy(load_config(SMOKE))
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.keep_best, cfg.train.ema_decay = 5, 2, False, 0.7
+    cfg.train.grad_accum = 2  # the average moves once per optimizer step, not per batch
+    res = train_module.train(cfg, tmp_path, progress=False, log=lambda *a: None, checkpoints=False)
+    assert res.steps == 5 and len(seen) == 5
+    saved = load_file(tmp_path / "model.safetensors")
+    d = cfg.train.ema_decay
+    for name in ("classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"):
+        expected = sum((1 - d) * d ** (4 - t) * w[name] for t, w in enumerate(seen)) / (1 - d ** 5)
+        np.testing.assert_allclose(saved[name], expected.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.abs(saved["classifier.weight"] - seen[-1]["classifier.weight"].numpy()).max() > 1e-3  # not the last
+    # the last evaluation (step 5) scored the saved average, not the raw weights
+    dev = [doc for doc in load_corpus(GOLD) if doc.doc in cfg.data.dev_docs]
+    ev = evaluate_saved(tmp_path, dev, cfg.data.max_length, cfg.data.stride)
+    assert ev.spans["micro"] == pytest.approx(res.dev.spans["micro"])
+    fresh, _ = load_model_and_tokenizer(cfg.model)
+    word = "bert.embeddings.word_embeddings.weight"
+    np.testing.assert_array_equal(saved[word], fresh.state_dict()[word].numpy())
+    # evaluating or saving inside the swap leaves the weights the run goes on training exactly as they were
+    lin = torch.nn.Linear(3, 2)
+    before = {n: p.detach().clone() for n, p in lin.named_parameters()}
+    ema = {n: torch.ones_like(p) for n, p in lin.named_parameters()}
+    with train_module._EmaWeights(ema, lin, 0.5, 1) as m:
+        assert torch.equal(m.weight, torch.full((2, 3), 2.0))  # 1 / (1 - 0.5^1)
+    for n, p in lin.named_parameters():
+        assert torch.equal(p, before[n]), n
 
 
 def test_cv_reuses_a_fold_only_with_the_same_configuration(smoke_run):
