@@ -319,6 +319,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if tc.ema_decay:
         ema = {n: torch.zeros_like(p, dtype=torch.float32)
                for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def weights_to_use():  # the model as evaluated and saved: its weight average when there is one
+        return _EmaWeights(ema, accelerator.unwrap_model(model), tc.ema_decay, state["step"])
     # Counted on the prepared (per-process) loader; accelerate steps a prepared scheduler once per process,
     # hence the factor (as in the Hugging Face examples).
     steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
@@ -344,9 +347,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if not (ckpt / EMA_FILE).is_file():
                 raise FileNotFoundError(f"{out_dir}: the checkpoint has no weight average ({ckpt / EMA_FILE}); "
                                         f"resume with the config it was written with")
-            ema.update(torch.load(ckpt / EMA_FILE, map_location="cpu", weights_only=True))
-            for n, v in ema.items():
-                ema[n] = v.to(accelerator.device)
+            for n, v in torch.load(ckpt / EMA_FILE, map_location="cpu", weights_only=True).items():
+                ema[n].copy_(v)  # onto the average's own device
         log(f"resuming from step {state['step']} (epoch {state['epoch']}, best dev F1 {state['best_f1']:.3f})")
     if main:
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
@@ -405,7 +407,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 running, n_running = 0.0, 0
                 ev = None
                 if dev_docs and main:
-                    with _EmaWeights(ema, accelerator.unwrap_model(model), tc.ema_decay, state["step"]) as m:
+                    with weights_to_use() as m:
                         ev = evaluate_model(m, tokenizer, dev_docs, dc.max_length, dc.stride, lexicon=lexicon)
                     model.train()
                     f1 = ev.seqeval["micro"]["f1"]
@@ -431,7 +433,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                     if not tc.keep_best or save:
                         best_eval = ev
                     if save:
-                        with _EmaWeights(ema, accelerator.unwrap_model(model), tc.ema_decay, state["step"]) as m:
+                        with weights_to_use() as m:
                             _save_model_atomic(m, tokenizer, out_dir)
                         if ev is not None:
                             write_report(ev, out_dir, f"Dev evaluation (step {state['step']})")
