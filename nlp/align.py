@@ -426,7 +426,13 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     for new, sp in snapped:
         if out and out[-1][0].end > new.start:
             prev, prev_orig = out[-1]
-            if prev_orig.end <= new.start:  # the previous span's snap reached into this one: undo it
+            rest = strip_span(text, prev.end, new.end)
+            if (prev_orig.end <= new.start and prev.label == "VALUE" and new.label != "VALUE"
+                    and not _HAS_NUMERAL.search(text, new.start, prev.end) and rest[1] - rest[0] >= 2):
+                # the value's classifier or unit was tagged as the start of the next span (超1.5亿 + 张图片,
+                # 6.4亿 + 位用户): it is the value's (guideline decision 25), the span keeps the rest
+                new = PredictedSpan(rest[0], rest[1], new.label, text[rest[0]:rest[1]], new.score)
+            elif prev_orig.end <= new.start:  # the previous span's snap reached into this one: undo it
                 out[-1] = (prev_orig, prev_orig)
             elif new.label == "VALUE" and prev.end <= sp.start and prev.start < new.start:
                 # the value's currency or approximation word was tagged as the end of the span before it
@@ -549,7 +555,7 @@ def _figure_sentences_only(text: str, spans: list[PredictedSpan]) -> list[Predic
 _DEICTIC = "该該本上当當今去同前"
 _PERIOD_HEAD = re.compile(r"季度|季|年|月|期|半年|周|週")
 
-_METRIC_TAIL = re.compile(r"(?:达到|達到|达|達|为|為|至|到|约|約|是|了|实现|實現|实|實|累计|累計|累|保持|同比|环比|環比|增长|增長|"
+_METRIC_TAIL = re.compile(r"(?:达到|達到|达|達|为|為|至|到|约|約|是|了|在|实现|實現|实|實|累计|累計|累|保持|同比|环比|環比|增长|增長|"
                           r"提升|下降|" + _SPACE + r")+$")
 
 
@@ -570,7 +576,8 @@ _METRIC_PERIOD_LEAD = re.compile(f"[本该當当]?{_SPACE}*(?:{'|'.join(map(_spa
 
 
 # 不过平均月活用户: a conjunction or discourse word opening the clause (no gold METRIC starts with one)
-_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但)(?:[,，、]|" + _SPACE + ")*")
+_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|最终|最終|而|但)(?:[,，、]|"
+                                    + _SPACE + ")*")
 
 
 # 使服务曝光量, 让短剧营销消耗: a causative verb opens the clause, not the metric (no gold METRIC starts with one).
@@ -579,6 +586,28 @@ _METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使|让|讓|令)" + _SPACE + "*")
 # 通过创新互动玩法实现的订单量: the relative clause stays, its leading 通过 ("by means of") does not (guideline,
 # decision 19); 通过人数 and 通过审核的商家数 (通过 "passed") keep it
 _METRIC_MEANS_LEAD = re.compile(r"(?:通过|通過)" + _SPACE + r"*(?=[^的]{2,}(?:实现|實現|带动|帶動|带来|帶來|产生|產生)的)")
+# 模式使服务曝光量, 助农带动返乡创业人员, 直接创造就业岗位: a causative or creating verb inside the span is the
+# clause's predicate, and the metric is its object. Only a verb that is a word of its own, not the first word
+# (带动就业人数 is a gold METRIC) and with no 的 after it (冬季旅游带动的新增就业岗位: a relative clause that
+# defines a subset stays, guideline decision 19); no gold METRIC is cut by it.
+_METRIC_INNER_VERB = re.compile(r"使得|使|带动|帶動|创造|創造")
+
+
+def _inner_verb_lead(text: str, start: int, end: int) -> int:
+    """End of the last causative or creating verb inside text[start:end] (`_METRIC_INNER_VERB`), else `start`."""
+    seg = text[start:end]
+    cut = start
+    bounds = None
+    for m in _METRIC_INNER_VERB.finditer(seg):
+        a, b = m.span()
+        if a == 0 or "的" in seg[b:] or len(seg) - b < 2:
+            continue
+        bounds = word_bounds(seg) if bounds is None else bounds
+        if bounds[a] and bounds[b]:
+            cut = start + b
+    return cut
+
+
 # 该景区淡季客流, 该商户客单价: a demonstrative and the one word it points at are the subject, not the metric (no
 # gold METRIC starts with one); 该季度 is left to the period rule
 _DEMONSTRATIVE = "该該这這此"
@@ -609,15 +638,16 @@ def _word_lead(lead: re.Pattern):
 
 
 def _metric_head(text: str, start: int, end: int) -> int:
-    """Start of a METRIC span without a leading discourse word (不过, 其中, 同时 ...), causative verb (使, 让),
-    demonstrative and its word (该景区), 通过 of a relative clause, 集团 / 本公司 (层面)(的) or period word
-    (季度, 年度, 全年, 月度), if two characters or more remain."""
+    """Start of a METRIC span without a leading discourse word (不过, 其中, 同时, 最终 ...), causative verb (使,
+    让), demonstrative and its word (该景区), 通过 of a relative clause, 集团 / 本公司 (层面)(的), period word
+    (季度, 年度, 全年, 月度), or subject and verb before a causative or creating verb inside it (模式使服务曝光量),
+    if two characters or more remain."""
     def match(lead):
         return lambda t, a, b: (m.end() if (m := lead.match(t, a, b)) else a)
 
     # in this order: 该区域通过…实现的就业人数 loses both, 通过该平台实现的GMV only 通过 (the relative clause stays)
     for lead in (match(_METRIC_DISCOURSE_LEAD), _word_lead(_METRIC_CAUSE_LEAD), _demonstrative_lead,
-                 match(_METRIC_MEANS_LEAD), match(_METRIC_LEAD), match(_METRIC_PERIOD_LEAD)):
+                 match(_METRIC_MEANS_LEAD), match(_METRIC_LEAD), match(_METRIC_PERIOD_LEAD), _inner_verb_lead):
         cut = lead(text, start, end)
         if end - cut >= 2:
             start = cut

@@ -956,9 +956,10 @@ def _link_metric(ctx: _DocContext, sent: _Sentence, v: _Mention, pv: ParsedValue
     before = [m for m in metrics if lo <= m.start and m.end <= v.start and m.start not in consumed]
     in_clause_before = [m for m in before if m.start >= ca]
     # the METRIC right after the value (超13.5万人次到场观看, 超5000万的播放) when the clause names none before
-    # it; in "约65%的从业人员采用灵活就业模式" the first is the base of the share and the second its part
+    # it, or when the value counts it (累计生成超5100万个视频: guideline decision 25); in
+    # "约65%的从业人员采用灵活就业模式" the first is the base of the share and the second its part
     after = next((m for m in sent.mentions if m.start >= group[-1].end), None)
-    if not in_clause_before and after is not None and after.label == "METRIC" and after.start < cb and \
+    if (not in_clause_before or pv.counter) and after is not None and after.label == "METRIC" and after.start < cb and \
             re.fullmatch(r"的?", text[v.end:after.start]) is not None and after.start not in consumed:
         nxt = next((m for m in sent.mentions if m.start >= after.end), None)
         if pv.unit == "%" and nxt is not None and nxt.label == "METRIC" and nxt.start == after.end:
@@ -993,6 +994,8 @@ def _business_line(ctx: _DocContext, sent: _Sentence, head: _Mention) -> _Mentio
     for cand in reversed([x for x in sent.mentions if x.label == "METRIC" and x.end <= head.start]):
         if _is_share_base(ctx.text, cand, sent):
             continue
+        if _GENERIC_METRIC.fullmatch(cand.text):  # a bare head (a heading 收入 over 集团总收入) names no line
+            return None
         # the business line has no figure of its own: no VALUE in its clause or between it and the head
         ca, cb = _clause_of(sent, cand.start)
         if any(x.label == "VALUE" and (ca <= x.start < cb or cand.end <= x.start < head.start)

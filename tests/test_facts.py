@@ -303,6 +303,36 @@ def test_predicted_spans_any_object_and_no_spans():
     assert build_facts("没有数字。", []) == []
 
 
+def _marked(text, marks):
+    spans, pos = [], 0
+    for label, sub in marks:
+        i = text.index(sub, pos)
+        spans.append(Span(i, i + len(sub), label, sub))
+        pos = i + len(sub)
+    return spans
+
+
+def test_a_count_takes_the_noun_it_counts_and_a_heading_is_no_business_line():
+    """Spans as seed 002's and 003's fold models predicted them. A count's classifier points at the METRIC
+    right after it even when the clause names another METRIC first (累计生成, a verb the model tagged;
+    guideline decision 25); a bare heading METRIC (收入) is not the business line of the bare head after it
+    (集团总收入 -> 总收入), while a real business line still is (decision 16)."""
+    text = "可灵AI的用户已超过500万，累计生成超5100万个视频和超1.5亿张图片。"
+    spans = _marked(text, [("ENTITY", "可灵AI"), ("METRIC", "用户"), ("VALUE", "超过500万"), ("METRIC", "累计生成"),
+                           ("VALUE", "超5100万个"), ("METRIC", "视频"), ("VALUE", "超1.5亿张"), ("METRIC", "图片")])
+    assert [(f.value_text, f.metric) for f in build_facts(text, spans)] == [
+        ("超过500万", "用户"), ("超5100万个", "视频"), ("超1.5亿张", "图片")]
+    text = "收入 2023年第二季度,集团总收入为人民币277亿元,同比增长27.9%。"
+    spans = _marked(text, [("METRIC", "收入"), ("PERIOD", "2023年第二季度"), ("METRIC", "总收入"),
+                           ("VALUE", "人民币277亿元"), ("VALUE", "27.9%")])
+    assert [(f.value_text, f.metric) for f in build_facts(text, spans)] == [
+        ("人民币277亿元", "总收入"), ("27.9%", "总收入")]
+    text = "线上营销服务：2023年第二季度,收入为人民币143亿元。"
+    spans = _marked(text, [("METRIC", "线上营销服务"), ("PERIOD", "2023年第二季度"), ("METRIC", "收入"),
+                           ("VALUE", "人民币143亿元")])
+    assert [f.metric for f in build_facts(text, spans)] == ["线上营销服务"]
+
+
 def test_filing_caption_and_modality():
     text = ("截至二零二四年九月三十日止三个月，本集团收入（人民币百万元，百分比除外）为31,097，按年增长11%。\n"
             "本公司预计2024年全年收入将达到1,260亿元。市场一致预期第四季度净利润为45亿美元。")
