@@ -391,6 +391,7 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     - An ENTITY, METRIC or PERIOD in a sentence without a VALUE is dropped (`_figure_sentences_only`; a
       list's intro line and a table's rows share the figures of the list and the table).
     BENCHMARKS.md has what each rule is worth on the seeds' cross-validation folds."""
+    stamps = None if not any(sp.label == "VALUE" for sp in spans) else [m.span() for m in _TIMESTAMP.finditer(text)]
     merged: list[PredictedSpan] = []
     for sp in spans:
         prev = merged[-1] if merged else None
@@ -409,7 +410,7 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
             continue
         if sp.label == "VALUE":
             ext = value_extent(text, sp.start, sp.end)
-            if ext is None:
+            if ext is None or _not_a_figure(text, *ext, stamps):
                 continue
             new = PredictedSpan(ext[0], ext[1], sp.label, text[ext[0]:ext[1]], sp.score)
         snapped.append((new, sp))
@@ -455,6 +456,20 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
             new = PredictedSpan(new.start - 1, new.end, new.label, text[new.start - 1:new.end], new.score)
         out.append((new, sp))
     return _figure_sentences_only(text, _entity_quarters(text, _period_quarters(text, [new for new, _ in out])))
+
+
+# 2024-11-25 14:10:00 +0800 (an article's metadata), 14:10: a date or a clock time holds numbers, not figures
+_TIMESTAMP = re.compile(r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}[ T]*)?\d{1,2}:\d{2}(?::\d{2})?(?:\s*[+-]\d{2}:?\d{2})?"
+                        r"|\d{4}-\d{1,2}-\d{1,2}")
+
+
+def _not_a_figure(text: str, start: int, end: int, stamps: list[tuple[int, int]]) -> bool:
+    """A value expression that is part of a date or clock time (`_TIMESTAMP`) or of a name or code that goes
+    on in Latin letters (1080p, 5G; K and W, thousand and ten thousand, are part of the value expression);
+    no gold VALUE is either."""
+    if re.match(r"[A-JL-VX-Za-jl-vx-z]", text[end:end + 1]):
+        return True
+    return any(a < end and start < b for a, b in stamps)
 
 
 _SPACE = r"[ \t\u00a0\u3000]"

@@ -290,6 +290,15 @@ def test_a_value_keeps_its_classifier_when_the_next_span_starts_with_it():
     assert [(s.text, s.label) for s in tidy_spans(text, spans)] == [("超1.5亿", "VALUE"), ("张图", "METRIC")]
 
 
+def test_numbers_of_a_timestamp_or_a_code_are_no_values():
+    """Seed 002's metadata line and its 1080p, as the fold models tagged them: dropped; 36.6K stays (K is
+    thousand), and so does a figure after a full-width colon or next to a date in prose."""
+    text = "date: 2024-11-25 14:10:00 +0800\n视频分辨率可达1080p，本科工资约为36.6K，上半年：营收增长3.9%，9月30日收入1.2亿元。"
+    spans = [_sp(text, "14", "VALUE", 16), _sp(text, "+0800", "VALUE"), _sp(text, "1080", "VALUE"),
+             _sp(text, "36.6K", "VALUE"), _sp(text, "3.9%", "VALUE"), _sp(text, "1.2亿元", "VALUE")]
+    assert [s.text for s in tidy_spans(text, spans)] == ["36.6K", "3.9%", "1.2亿元"]
+
+
 def test_a_year_period_takes_the_quarter_after_it():
     """Fold 004's model on seed 004: PERIOD 2024年 + ENTITY Q4通 -> PERIOD 2024年Q4 (通, one character, is
     dropped); a longer span after it keeps the rest; nothing is taken from a VALUE or after a non-year."""
