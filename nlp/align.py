@@ -595,21 +595,23 @@ _METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但�
                                     + _SPACE + ")*")
 
 
-# 使服务曝光量, 让短剧营销消耗: a causative verb opens the clause, not the metric (no gold METRIC starts with one).
-# Only a verb that is a word of its own: 使用, 使命, 让利, 让渡, 令牌 keep their first character.
-_METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使|让|讓|令)" + _SPACE + "*")
+# 使服务曝光量, 让短剧营销消耗: a causative verb opens the clause, not the metric, and neither does the possessive
+# 其 of 其客户平均获客成本 (guideline: leave out possessives; no gold METRIC starts with one). Only a word of its
+# own: 使用, 使命, 让利, 让渡, 令牌, 其他, 其余 keep their first character.
+_METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使|让|讓|令|其)" + _SPACE + "*")
 # 通过创新互动玩法实现的订单量: the relative clause stays, its leading 通过 ("by means of") does not (guideline,
 # decision 19); 通过人数 and 通过审核的商家数 (通过 "passed") keep it
 _METRIC_MEANS_LEAD = re.compile(r"(?:通过|通過)" + _SPACE + r"*(?=[^的]{2,}(?:实现|實現|带动|帶動|带来|帶來|产生|產生)的)")
-# 模式使服务曝光量, 助农带动返乡创业人员, 直接创造就业岗位: a causative or creating verb inside the span is the
-# clause's predicate, and the metric is its object. Only a verb that is a word of its own, not the first word
+# 模式使服务曝光量, 助农带动返乡创业人员, 直接创造就业岗位, 评测显示其综合效果: a causative, creating or reporting
+# verb inside the span is the clause's predicate, and the metric is its object. Only a verb that is a word of its own, not the first word
 # (带动就业人数 is a gold METRIC) and with no 的 after it (冬季旅游带动的新增就业岗位: a relative clause that
 # defines a subset stays, guideline decision 19); no gold METRIC is cut by it.
-_METRIC_INNER_VERB = re.compile(r"使得|使|带动|帶動|创造|創造")
+_METRIC_INNER_VERB = re.compile(r"使得|使|带动|帶動|创造|創造|显示|顯示|表明|指出")
 
 
 def _inner_verb_lead(text: str, start: int, end: int) -> int:
-    """End of the last causative or creating verb inside text[start:end] (`_METRIC_INNER_VERB`), else `start`."""
+    """End of the last causative, creating or reporting verb inside text[start:end] (`_METRIC_INNER_VERB`), else
+    `start`."""
     seg = text[start:end]
     cut = start
     bounds = None
@@ -653,16 +655,17 @@ def _word_lead(lead: re.Pattern):
 
 
 def _metric_head(text: str, start: int, end: int) -> int:
-    """Start of a METRIC span without a leading discourse word (不过, 其中, 同时, 最终 ...), causative verb (使,
-    让), demonstrative and its word (该景区), 通过 of a relative clause, 集团 / 本公司 (层面)(的), period word
-    (季度, 年度, 全年, 月度), or subject and verb before a causative or creating verb inside it (模式使服务曝光量),
-    if two characters or more remain."""
+    """Start of a METRIC span without the subject and verb before a causative, creating or reporting verb inside
+    it (模式使服务曝光量), a leading discourse word (不过, 其中, 同时, 最终 ...), causative verb or possessive (使, 让,
+    其), demonstrative and its word (该景区), 通过 of a relative clause, 集团 / 本公司 (层面)(的) or period word
+    (季度, 年度, 全年, 月度), if two characters or more remain."""
     def match(lead):
         return lambda t, a, b: (m.end() if (m := lead.match(t, a, b)) else a)
 
-    # in this order: 该区域通过…实现的就业人数 loses both, 通过该平台实现的GMV only 通过 (the relative clause stays)
-    for lead in (match(_METRIC_DISCOURSE_LEAD), _word_lead(_METRIC_CAUSE_LEAD), _demonstrative_lead,
-                 match(_METRIC_MEANS_LEAD), match(_METRIC_LEAD), match(_METRIC_PERIOD_LEAD), _inner_verb_lead):
+    # in this order: 评测显示其综合效果 loses 评测显示 then 其, 该区域通过…实现的就业人数 loses both 该区域 and 通过,
+    # 通过该平台实现的GMV only 通过 (the relative clause stays)
+    for lead in (_inner_verb_lead, match(_METRIC_DISCOURSE_LEAD), _word_lead(_METRIC_CAUSE_LEAD), _demonstrative_lead,
+                 match(_METRIC_MEANS_LEAD), match(_METRIC_LEAD), match(_METRIC_PERIOD_LEAD)):
         cut = lead(text, start, end)
         if end - cut >= 2:
             start = cut
