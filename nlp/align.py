@@ -447,8 +447,8 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
                 continue
         if new.label == "METRIC":
             cut = _trim_metric(text, new.start, new.end)
-            if cut <= new.start:
-                continue
+            if cut <= new.start or _METRIC_DISCOURSE_LEAD.fullmatch(text, new.start, cut):
+                continue  # nothing but a linking verb or a discourse word (不过)
             head = _metric_head(text, new.start, cut)
             new = PredictedSpan(head, cut, new.label, text[head:cut], new.score)
         if new.label == "PERIOD" and new.start > 0 and text[new.start - 1] in _DEICTIC \
