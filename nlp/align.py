@@ -379,12 +379,15 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     - Two spans of one label separated by nothing but spaces are one mention (the 856 gold spans hold one
       such pair; the tagger often splits a long metric in two).
     - A VALUE is snapped to its value expression (approximation word, currency, scale, unit:
-      `annotations.value_extent`) and dropped when it holds no numeral; a span wholly inside the snapped
-      expression (人民币 tagged METRIC) is absorbed, one it cuts into loses the overlap, and where that is
-      not possible the VALUE keeps its decoded bounds.
+      `annotations.value_extent`) and dropped when it holds no numeral or is part of a date, a clock time or
+      a Latin-lettered code (`_not_a_figure`); a span wholly inside the snapped expression (人民币 tagged
+      METRIC) is absorbed; a span after the value that the expression cuts into gives up its classifier or
+      unit if two characters remain (超1.5亿 + 张图片 -> 超1.5亿张 + 图片), and otherwise the VALUE keeps its
+      decoded bounds.
     - A METRIC loses a trailing linking verb (`_trim_metric`) and what may lead it without being part of it
-      (`_metric_head`): a discourse word, a causative verb, a demonstrative with its word, the 通过 of a
-      relative clause, 集团 / 本公司, a period word. A one-character ENTITY, METRIC or PERIOD (快
+      (`_metric_head`): subject and verb before a causative, creating or reporting verb, a discourse word, a
+      causative verb or 其, a demonstrative with its word, the 通过 of a relative clause, 集团 / 本公司, a period
+      word; a METRIC of nothing but a linking verb or a discourse word is dropped. A one-character ENTITY, METRIC or PERIOD (快
       of 快手, 二 of 二季度) is a fragment and is dropped (the gold spans have none), and so is an ENTITY that is
       a common noun (集团, 集团层面, 公司, 平台: not a name; 本集团 / 本公司 are); a PERIOD gets back the
       deictic word right before it (季度 -> 该季度), and the quarter an ENTITY starts with (Q4快手 -> Q4 + 快手).
