@@ -432,9 +432,11 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
             prev, prev_orig = out[-1]
             rest = strip_span(text, prev.end, new.end)
             if (prev_orig.end <= new.start and prev.label == "VALUE" and new.label != "VALUE"
-                    and not _HAS_NUMERAL.search(text, new.start, prev.end) and rest[1] - rest[0] >= 2):
+                    and not _HAS_NUMERAL.search(text, new.start, prev.end) and rest[1] - rest[0] >= 2
+                    and word_bounds(text[new.start:new.end])[prev.end - new.start]):
                 # the value's classifier or unit was tagged as the start of the next span (超1.5亿 + 张图片,
-                # 6.4亿 + 位用户): it is the value's (guideline decision 25), the span keeps the rest
+                # 6.4亿 + 位用户): it is the value's (guideline decision 25), the span keeps the rest; not
+                # when the classifier begins a word of the span (100万 + 个人用户, 超3000万 + 家庭用户)
                 new = PredictedSpan(rest[0], rest[1], new.label, text[rest[0]:rest[1]], new.score)
             elif prev_orig.end <= new.start:  # the previous span's snap reached into this one: undo it
                 out[-1] = (prev_orig, prev_orig)
@@ -461,18 +463,23 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     return _figure_sentences_only(text, _entity_quarters(text, _period_quarters(text, [new for new, _ in out])))
 
 
-# 2024-11-25 14:10:00 +0800 (an article's metadata), 14:10: a date or a clock time holds numbers, not figures
-_TIMESTAMP = re.compile(r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}[ T]*)?\d{1,2}:\d{2}(?::\d{2})?(?:\s*[+-]\d{2}:?\d{2})?"
-                        r"|\d{4}-\d{1,2}-\d{1,2}")
+# 2024-11-25 14:10:00 +0800 (an article's metadata), 2024/11/25, 14:10:05: a date, or a clock time with a date or
+# with seconds, holds numbers, not figures. A bare 14:10 is left alone (1:10 may be a ratio), and so is a
+# digit run glued to a letter or digit before it (Q2:15.3亿元, 2024:10亿元).
+_TIMESTAMP = re.compile(r"(?<![A-Za-z0-9.])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[ T]+(?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d)?"
+                        r"(?:\s*[+-]\d{2}:?\d{2}(?![\d.%\u4e00-\u9fff]))?)?|(?:[01]?\d|2[0-3]):[0-5]\d:[0-5]\d)(?![\d.%])")
+# 1080p, 5G, 3D: a number that goes on in ONE Latin letter is part of a name or code; K, W (the value's own
+# thousand and ten thousand), M, B (million, billion) and x (times) are not, nor a unit of letters (2.1pct, 50bp)
+_CODE_LETTER = re.compile(r"[AC-JLN-VYZac-jln-vyz](?![A-Za-z0-9])")
 
 
 def _not_a_figure(text: str, start: int, end: int, stamps: list[tuple[int, int]]) -> bool:
-    """A value expression that is part of a date or clock time (`_TIMESTAMP`) or of a name or code that goes
-    on in Latin letters (1080p, 5G; K and W, thousand and ten thousand, are part of the value expression);
-    no gold VALUE is either."""
-    if re.match(r"[A-JL-VX-Za-jl-vx-z]", text[end:end + 1]):
+    """A value expression that is part of a date or timestamp (`_TIMESTAMP`; `stamps` their spans, in order)
+    or of a name or code (`_CODE_LETTER` right after a final digit); no gold VALUE is either."""
+    if end > start and text[end - 1].isdigit() and _CODE_LETTER.match(text, end):
         return True
-    return any(a < end and start < b for a, b in stamps)
+    i = bisect.bisect_left(stamps, (end,))  # stamps are in order and do not overlap
+    return i > 0 and stamps[i - 1][1] > start
 
 
 _SPACE = r"[ \t\u00a0\u3000]"
@@ -593,8 +600,10 @@ _METRIC_PERIOD_LEAD = re.compile(f"[本该當当]?{_SPACE}*(?:{'|'.join(map(_spa
                                  f"{_SPACE}*的?{_SPACE}*")
 
 
-# 不过平均月活用户: a conjunction or discourse word opening the clause (no gold METRIC starts with one)
-_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|最终|最終|而|但)(?:[,，、]|"
+# 不过平均月活用户, 最终完成消费: a conjunction or discourse word opening the clause (no gold METRIC starts with
+# one); 最终 only before a verb (最终消费支出, 最终用户数 are metrics of their own)
+_METRIC_DISCOURSE_LEAD = re.compile(r"(?:不过|不過|而且|并且|並且|但是|其中|同时|同時|此外|另外|而|但|"
+                                    r"(?:最终|最終)(?=完成|实现|實現|达成|達成|转化|轉化|成交|购买|購買|下单|下單))(?:[,，、]|"
                                     + _SPACE + ")*")
 
 
@@ -772,30 +781,43 @@ def recall_terms(encoded: Encoded, best: list[int], id2tag: dict[int, str],
     """`best` (tag ids per token) with every occurrence of a training ENTITY name (lexicon.json, three
     characters or more) that the tagger left entirely outside mentions tagged ENTITY: 快手科技 and 可灵AI in
     the opening sentences of seeds 000 and 002, which every fold model missed. The tagger is confidently
-    wrong there (its ENTITY probability is under 0.05), so no threshold on it helps; the name must cover
-    whole tokens and not be followed by the inside of a mention. One regular expression over the text."""
+    wrong there (its ENTITY probability is under 0.05), so no threshold on it helps. The name must cover
+    whole tokens (a token's leading space aside), not run on in Latin letters or digits (可灵AI of 可灵AIGC),
+    and not touch an ENTITY the tagger found (the two would be joined). One regular expression over the
+    text."""
     names = tuple(sorted({t for t in lexicon.get("ENTITY", ()) if len(t) >= RECALL_MIN_CHARS},
                          key=lambda t: (-len(t), t)))
     tag2id = {t: i for i, t in id2tag.items()}
     b_tag, i_tag = tag2id.get("B-ENTITY"), tag2id.get("I-ENTITY")
     if not names or b_tag is None or i_tag is None or not best:
         return best
+    text = encoded.norm.text
     outside = [id2tag[t] == "O" for t in best]
+    entity = {b_tag, i_tag}
     starts, ends = {}, {}
     for t, (s, e) in enumerate(encoded.offsets):
         if e > s:
+            s += len(text[s:e]) - len(text[s:e].lstrip())  # "▁OP" of " OPPO" starts at O
             starts.setdefault(s, t)
             ends[e] = t
     out = list(best)
-    for m in _names_pattern(names).finditer(encoded.norm.text):
-        t0, t1 = starts.get(m.start()), ends.get(m.end())
+    for m in _names_pattern(names).finditer(text):
+        a, z = m.span()
+        t0, t1 = starts.get(a), ends.get(z)
         if t0 is None or t1 is None or not all(outside[t0:t1 + 1]):
             continue
-        if t1 + 1 < len(out) and id2tag[out[t1 + 1]].startswith("I-"):
+        if (a > 0 and _is_ascii_alnum(text[a - 1]) and _is_ascii_alnum(text[a])) or \
+                (z < len(text) and _is_ascii_alnum(text[z - 1]) and _is_ascii_alnum(text[z])):
+            continue
+        if (t0 > 0 and out[t0 - 1] in entity) or (t1 + 1 < len(out) and out[t1 + 1] in entity):
             continue
         out[t0] = b_tag
         out[t0 + 1:t1 + 1] = [i_tag] * (t1 - t0)
     return out
+
+
+def _is_ascii_alnum(c: str) -> bool:
+    return c.isascii() and c.isalnum()
 
 
 def extend_to_terms(norm: NormalizedText, spans: list[PredictedSpan],

@@ -277,6 +277,16 @@ def test_score_facts_counts_and_tolerance():
     assert s["correct"] == 0 and s["fields"]["unit"] == 0.0 and s["recall"] == 0.0
 
 
+def _marked(text, marks, make=Span):
+    """Spans (`make(start, end, label, text)`) for (label, piece) pairs, each piece found after the last."""
+    spans, pos = [], 0
+    for label, sub in marks:
+        i = text.index(sub, pos)
+        spans.append(make(i, i + len(sub), label, sub))
+        pos = i + len(sub)
+    return spans
+
+
 def test_predicted_spans_any_object_and_no_spans():
     class Pred:  # any object with start/end/label/text
         def __init__(self, start, end, label, text):
@@ -286,12 +296,7 @@ def test_predicted_spans_any_object_and_no_spans():
     marks = [("ENTITY", "腾讯"), ("PERIOD", "2024年第三季度"), ("METRIC", "营收"), ("VALUE", "1672亿元"),
              ("VALUE", "8%"), ("VALUE", "2%"), ("METRIC", "毛利率"), ("VALUE", "3.2个百分点"),
              ("METRIC", "海外市场游戏收入"), ("VALUE", "港币139亿元"), ("PERIOD", "上季度"), ("VALUE", "5%")]
-    spans, pos = [], 0
-    for label, sub in marks:
-        i = text.index(sub, pos)
-        spans.append(Pred(i, i + len(sub), label, sub))
-        pos = i + len(sub)
-    facts = build_facts(text, spans)
+    facts = build_facts(text, _marked(text, marks, Pred))
     got = [(f.value_text, f.metric, f.period, f.measure, f.unit, f.direction) for f in facts]
     assert got == [("1672亿元", "营收", "2024Q3", "level", "CNY", None),
                    ("8%", "营收", "2024Q3", "yoy", "%", "up"),
@@ -301,15 +306,6 @@ def test_predicted_spans_any_object_and_no_spans():
                    ("5%", "海外市场游戏收入", "2024Q3", "qoq", "%", "down")]
     assert all(f.entity == "腾讯" for f in facts)
     assert build_facts("没有数字。", []) == []
-
-
-def _marked(text, marks):
-    spans, pos = [], 0
-    for label, sub in marks:
-        i = text.index(sub, pos)
-        spans.append(Span(i, i + len(sub), label, sub))
-        pos = i + len(sub)
-    return spans
 
 
 def test_a_count_takes_the_noun_it_counts_and_a_heading_is_no_business_line():
@@ -339,12 +335,7 @@ def test_filing_caption_and_modality():
     marks = [("PERIOD", "截至二零二四年九月三十日止三个月"), ("ENTITY", "本集团"), ("METRIC", "收入"), ("VALUE", "31,097"),
              ("VALUE", "11%"), ("ENTITY", "本公司"), ("PERIOD", "2024年全年"), ("METRIC", "收入"),
              ("VALUE", "1,260亿元"), ("PERIOD", "第四季度"), ("METRIC", "净利润"), ("VALUE", "45亿美元")]
-    spans, pos = [], 0
-    for label, sub in marks:
-        i = text.index(sub, pos)
-        spans.append(Span(i, i + len(sub), label, sub))
-        pos = i + len(sub)
-    f = build_facts(text, spans)
+    f = build_facts(text, _marked(text, marks))
     assert (f[0].value, f[0].unit, f[0].period) == (31097000000.0, "CNY", "2024Q3")
     assert (f[1].measure, f[1].direction) == ("yoy", "up")
     assert (f[2].modality, f[2].period) == ("forecast", "2024")
