@@ -780,8 +780,8 @@ def recall_terms(encoded: Encoded, best: list[int], id2tag: dict[int, str],
                  lexicon: dict[str, list[str]]) -> list[int]:
     """`best` (tag ids per token) with every occurrence of a training ENTITY name (lexicon.json, three
     characters or more) that the tagger left entirely outside mentions tagged ENTITY: 快手科技 and 可灵AI in
-    the opening sentences of seeds 000 and 002, which every fold model missed. The tagger is confidently
-    wrong there (its ENTITY probability is under 0.05), so no threshold on it helps. The name must cover
+    the opening sentences of seeds 000 and 002, which some fold models missed with a mean ENTITY probability
+    under 0.05 (a threshold on it kept the gain only at 0.05 or below: BENCHMARKS.md). The name must cover
     whole tokens (a token's leading space aside), not run on in Latin letters or digits (可灵AI of 可灵AIGC),
     and not touch an ENTITY the tagger found (the two would be joined). One regular expression over the
     text."""

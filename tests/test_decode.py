@@ -409,7 +409,7 @@ def test_fragments_are_extended_to_the_training_terms():
 
 
 def test_training_names_the_tagger_left_out_are_tagged():
-    """Seed 000's opening sentence as every fold model read it: 快手科技 all O (ENTITY probability < 0.05), the
+    """Seed 000's opening sentence as two fold models read it: 快手科技 all O (ENTITY probability < 0.05), the
     figures found. With the lexicon of the other four seeds the name is an ENTITY (three characters or more);
     the two-character 快手 is not recalled, nor a name that overlaps a mention, starts or ends inside a
     token, or comes without a lexicon."""
