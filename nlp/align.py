@@ -387,14 +387,14 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     - A METRIC loses a trailing linking verb (`_trim_metric`) and what may lead it without being part of it
       (`_metric_head`): subject and verb before a causative, creating or reporting verb, a discourse word, a
       causative verb or 其, a demonstrative with its word, the 通过 of a relative clause, 集团 / 本公司, a period
-      word; a METRIC of nothing but a linking verb or a discourse word is dropped. A one-character ENTITY, METRIC or PERIOD (快
-      of 快手, 二 of 二季度) is a fragment and is dropped (the gold spans have none), and so is an ENTITY that is
+      word; a METRIC of nothing but a linking verb or a discourse word is dropped. A one-character ENTITY,
+      METRIC or PERIOD (快 of 快手, 二 of 二季度) is a fragment and is dropped (the gold spans have none), and so is an ENTITY that is
       a common noun (集团, 集团层面, 公司, 平台: not a name; 本集团 / 本公司 are); a PERIOD gets back the
       deictic word right before it (季度 -> 该季度), and the quarter an ENTITY starts with (Q4快手 -> Q4 + 快手).
     - An ENTITY, METRIC or PERIOD in a sentence without a VALUE is dropped (`_figure_sentences_only`; a
       list's intro line and a table's rows share the figures of the list and the table).
     BENCHMARKS.md has what each rule is worth on the seeds' cross-validation folds."""
-    stamps = None if not any(sp.label == "VALUE" for sp in spans) else [m.span() for m in _TIMESTAMP.finditer(text)]
+    stamps = [m.span() for m in _TIMESTAMP.finditer(text)] if any(sp.label == "VALUE" for sp in spans) else []
     merged: list[PredictedSpan] = []
     for sp in spans:
         prev = merged[-1] if merged else None
@@ -430,16 +430,17 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
     for new, sp in snapped:
         if out and out[-1][0].end > new.start:
             prev, prev_orig = out[-1]
-            rest = strip_span(text, prev.end, new.end)
-            if (prev_orig.end <= new.start and prev.label == "VALUE" and new.label != "VALUE"
-                    and not _HAS_NUMERAL.search(text, new.start, prev.end) and rest[1] - rest[0] >= 2
-                    and word_bounds(text[new.start:new.end])[prev.end - new.start]):
-                # the value's classifier or unit was tagged as the start of the next span (超1.5亿 + 张图片,
-                # 6.4亿 + 位用户): it is the value's (guideline decision 25), the span keeps the rest; not
-                # when the classifier begins a word of the span (100万 + 个人用户, 超3000万 + 家庭用户)
-                new = PredictedSpan(rest[0], rest[1], new.label, text[rest[0]:rest[1]], new.score)
-            elif prev_orig.end <= new.start:  # the previous span's snap reached into this one: undo it
-                out[-1] = (prev_orig, prev_orig)
+            if prev_orig.end <= new.start:  # the previous span's snap reached into this one
+                rest = strip_span(text, prev.end, new.end)
+                if (prev.label == "VALUE" and new.label != "VALUE" and rest[1] - rest[0] >= 2
+                        and not _HAS_NUMERAL.search(text, new.start, prev.end)
+                        and word_bounds(text[new.start:new.end])[prev.end - new.start]):
+                    # the value's classifier or unit, tagged as the start of this span (超1.5亿 + 张图片, 6.4亿 +
+                    # 位用户), is the value's (guideline decision 25) and the span keeps the rest; not when the
+                    # classifier begins a word of the span (100万 + 个人用户, 超3000万 + 家庭用户)
+                    new = PredictedSpan(rest[0], rest[1], new.label, text[rest[0]:rest[1]], new.score)
+                else:  # undo the snap
+                    out[-1] = (prev_orig, prev_orig)
             elif new.label == "VALUE" and prev.end <= sp.start and prev.start < new.start:
                 # the value's currency or approximation word was tagged as the end of the span before it
                 cut = _trim_metric(text, prev.start, new.start) if prev.label == "METRIC" else new.start
@@ -466,8 +467,10 @@ def tidy_spans(text: str, spans: list[PredictedSpan]) -> list[PredictedSpan]:
 # 2024-11-25 14:10:00 +0800 (an article's metadata), 2024/11/25, 14:10:05: a date, or a clock time with a date or
 # with seconds, holds numbers, not figures. A bare 14:10 is left alone (1:10 may be a ratio), and so is a
 # digit run glued to a letter or digit before it (Q2:15.3亿元, 2024:10亿元).
-_TIMESTAMP = re.compile(r"(?<![A-Za-z0-9.])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[ T]+(?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d)?"
-                        r"(?:\s*[+-]\d{2}:?\d{2}(?![\d.%\u4e00-\u9fff]))?)?|(?:[01]?\d|2[0-3]):[0-5]\d:[0-5]\d)(?![\d.%])")
+_CLOCK = r"(?:[01]?\d|2[0-3]):[0-5]\d"
+_TIMESTAMP = re.compile(rf"(?<![A-Za-z0-9.])(?:\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}"
+                        rf"(?:[ T]+{_CLOCK}(?::[0-5]\d)?(?:\s*[+-]\d{{2}}:?\d{{2}}(?![\d.%\u4e00-\u9fff]))?)?"
+                        rf"|{_CLOCK}:[0-5]\d)(?![\d.%])")
 # 1080p, 5G, 3D: a number that goes on in ONE Latin letter is part of a name or code; K, W (the value's own
 # thousand and ten thousand), M, B (million, billion) and x (times) are not, nor a unit of letters (2.1pct, 50bp)
 _CODE_LETTER = re.compile(r"[AC-JLN-VYZac-jln-vyz](?![A-Za-z0-9])")
@@ -615,8 +618,8 @@ _METRIC_CAUSE_LEAD = re.compile(r"(?:使得|使|让|讓|令|其)" + _SPACE + "*"
 # decision 19); 通过人数 and 通过审核的商家数 (通过 "passed") keep it
 _METRIC_MEANS_LEAD = re.compile(r"(?:通过|通過)" + _SPACE + r"*(?=[^的]{2,}(?:实现|實現|带动|帶動|带来|帶來|产生|產生)的)")
 # 模式使服务曝光量, 助农带动返乡创业人员, 直接创造就业岗位, 评测显示其综合效果: a causative, creating or reporting
-# verb inside the span is the clause's predicate, and the metric is its object. Only a verb that is a word of its own, not the first word
-# (带动就业人数 is a gold METRIC) and with no 的 after it (冬季旅游带动的新增就业岗位: a relative clause that
+# verb inside the span is the clause's predicate, and the metric is its object. Only a verb that is a word of its
+# own, not the first word (带动就业人数 is a gold METRIC) and with no 的 after it (冬季旅游带动的新增就业岗位: a relative clause that
 # defines a subset stays, guideline decision 19); no gold METRIC is cut by it.
 _METRIC_INNER_VERB = re.compile(r"使得|使|带动|帶動|创造|創造|显示|顯示|表明|指出")
 
@@ -772,8 +775,11 @@ tagged where the gold leaves it untagged, as in 可灵AI是快手自研的..., a
 
 
 @functools.lru_cache(maxsize=8)
-def _names_pattern(names: tuple[str, ...]) -> re.Pattern:
-    return re.compile("|".join(map(re.escape, names)))  # longest first: the longest name at a position wins
+def _names_pattern(terms: tuple[str, ...], min_chars: int) -> re.Pattern | None:
+    """One regular expression for the ENTITY `terms` of `min_chars` or more (None if there are none), longest
+    first: the longest name at a position wins. Built once per lexicon."""
+    names = sorted({t for t in terms if len(t) >= min_chars}, key=lambda t: (-len(t), t))
+    return re.compile("|".join(map(re.escape, names))) if names else None
 
 
 def recall_terms(encoded: Encoded, best: list[int], id2tag: dict[int, str],
@@ -785,11 +791,10 @@ def recall_terms(encoded: Encoded, best: list[int], id2tag: dict[int, str],
     whole tokens (a token's leading space aside), not run on in Latin letters or digits (可灵AI of 可灵AIGC),
     and not touch an ENTITY the tagger found (the two would be joined). One regular expression over the
     text."""
-    names = tuple(sorted({t for t in lexicon.get("ENTITY", ()) if len(t) >= RECALL_MIN_CHARS},
-                         key=lambda t: (-len(t), t)))
+    pattern = _names_pattern(tuple(lexicon.get("ENTITY", ())), RECALL_MIN_CHARS)
     tag2id = {t: i for i, t in id2tag.items()}
     b_tag, i_tag = tag2id.get("B-ENTITY"), tag2id.get("I-ENTITY")
-    if not names or b_tag is None or i_tag is None or not best:
+    if pattern is None or b_tag is None or i_tag is None or not best:
         return best
     text = encoded.norm.text
     outside = [id2tag[t] == "O" for t in best]
@@ -801,7 +806,7 @@ def recall_terms(encoded: Encoded, best: list[int], id2tag: dict[int, str],
             starts.setdefault(s, t)
             ends[e] = t
     out = list(best)
-    for m in _names_pattern(names).finditer(text):
+    for m in pattern.finditer(text):
         a, z = m.span()
         t0, t1 = starts.get(a), ends.get(z)
         if t0 is None or t1 is None or not all(outside[t0:t1 + 1]):

@@ -959,8 +959,9 @@ def _link_metric(ctx: _DocContext, sent: _Sentence, v: _Mention, pv: ParsedValue
     # it, or when the value counts it (累计生成超5100万个视频: guideline decision 25); in
     # "约65%的从业人员采用灵活就业模式" the first is the base of the share and the second its part
     after = next((m for m in sent.mentions if m.start >= group[-1].end), None)
-    if (not in_clause_before or pv.counter) and after is not None and after.label == "METRIC" and after.start < cb and \
-            re.fullmatch(r"的?", text[v.end:after.start]) is not None and after.start not in consumed:
+    if (not in_clause_before or pv.counter) and after is not None and after.label == "METRIC" and \
+            after.start < cb and re.fullmatch(r"的?", text[v.end:after.start]) is not None and \
+            after.start not in consumed:
         nxt = next((m for m in sent.mentions if m.start >= after.end), None)
         if pv.unit == "%" and nxt is not None and nxt.label == "METRIC" and nxt.start == after.end:
             after = nxt
